@@ -1,0 +1,235 @@
+"""Configuration dataclasses. LightningCLI reads them from ``WaltzModule.__init__``'s signature.
+
+Every field has an attribute docstring (shown by ``--help``) and is checked in ``__post_init__``
+so that a bad value fails before any model is loaded, with a message naming the key. Choices that
+the paper leaves open are marked UNCONFIRMED with the default taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{key}: {message}")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters via peft; only the adapters are trained."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or peft's "all-linear"."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "lora.r", f"must be > 0, got {self.r}")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class WarmStartConfig:
+    """Behaviour cloning on templated demonstrations before RL, for randomly initialised models.
+
+    A random tiny model never writes valid feedback JSON, so every reward would be equal and RL
+    would have no signal. A few hundred teacher-forced steps on demonstrations built from the prompt
+    pool give it the output format while keeping its choices noisy. Meant for CPU runs and tests;
+    real checkpoints leave this unset.
+    """
+
+    steps: int = 200
+    """Optimizer steps of teacher forcing."""
+    lr: float = 3e-3
+    """AdamW learning rate."""
+    batch_size: int = 16
+    """Demonstrations per step."""
+    label_noise: float = 0.3
+    """Probability that a demonstration's choice (refuse or comply; the feedback labels) is random."""
+    seed: int = 0
+    """Seed of the demonstrations and the optimizer."""
+
+
+@dataclass
+class AgentConfig:
+    """One agent: a Hugging Face causal LM, its tokenizer, system prompt and optimizer settings.
+
+    Exactly one of ``model`` (hub id or local path, for real runs) and ``model_config`` (a
+    transformers config to build a randomly initialised model, for CPU runs and tests) is set.
+    """
+
+    model: str | None = None
+    """Hub id or local directory of a causal LM checkpoint."""
+    model_config: dict[str, Any] | None = None
+    """Keyword arguments of a transformers config (``model_type`` selects it) for random init."""
+    tokenizer: str | None = None
+    """Hub id or local directory of the tokenizer; defaults to ``model``. "tiny" is the bundled one."""
+    system_prompt: str | None = None
+    """System prompt; None takes the built-in default for the agent's role."""
+    lora: LoRAConfig | None = None
+    """Train LoRA adapters instead of all weights; the reference is then the adapter-disabled base."""
+    warm_start: WarmStartConfig | None = None
+    """Behaviour cloning before RL (random-init models only)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype. bf16 on GPUs; float32 on CPUs, where bf16 is several times slower."""
+    lr: float = 5e-7
+    """AdamW learning rate (paper App. B.2: 5e-7)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (UNCONFIRMED; 0)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (UNCONFIRMED)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip per agent; 0 disables."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub; off unless you trust the repository."""
+    seed: int = 0
+    """Seed of the random initialisation when ``model_config`` is used."""
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.model is None) != (self.model_config is None),
+            "model / model_config",
+            "set exactly one: a hub id or path in 'model', or a config in 'model_config'",
+        )
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        if self.warm_start is not None:
+            _check(self.model_config is not None, "warm_start", "only for randomly initialised models (model_config)")
+        if self.model_config is not None:
+            _check("model_type" in self.model_config, "model_config.model_type", "missing (e.g. 'llama')")
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings of one agent's turns (paper: UNCONFIRMED; plain sampling at T=1)."""
+
+    max_new_tokens: int = 512
+    """Maximum new tokens per turn (paper App. B.2: 512)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k cut-off; 0 disables."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RolloutConfig:
+    """The collaborative rollout protocol (paper §2.1, §3.1)."""
+
+    max_feedback_rounds: int = 1
+    """T_max: feedback rounds per episode (paper: 1 in training and evaluation)."""
+    conversation: SamplingConfig = field(default_factory=SamplingConfig)
+    """Decoding of the conversation agent."""
+    feedback: SamplingConfig = field(default_factory=SamplingConfig)
+    """Decoding of the feedback agent."""
+    max_prompt_tokens: int = 4096
+    """Context tokens kept per turn; longer contexts are cut from the left (paper: 4096)."""
+    stop_on_invalid_json_until: int | None = None
+    """Invalid feedback JSON ends the episode before this RL step; None means always (paper: "early
+    in training", length UNCONFIRMED). Later, an invalid JSON's raw text is forwarded as feedback."""
+    feedback_role: Literal["user", "system"] = "user"
+    """Chat role that carries feedback to the conversation agent (UNCONFIRMED)."""
+    feedback_template: str = "Feedback on your previous response: {feedback}"
+    """Wording around the forwarded feedback string; must contain {feedback}."""
+    sample_b_probability: float = 0.5
+    """Probability of training the conversation agent on sample B (p, c0, f0 -> c1) rather than A
+    (p -> c0) (paper §2.3, UNCONFIRMED: 0.5)."""
+    generation_batch_size: int = 32
+    """Sequences per generate call (bounds memory; does not change results)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_feedback_rounds >= 1, "max_feedback_rounds", f"must be >= 1, got {self.max_feedback_rounds}")
+        _check("{feedback}" in self.feedback_template, "feedback_template", "must contain '{feedback}'")
+        _check(0.0 <= self.sample_b_probability <= 1.0, "sample_b_probability", "must be in [0, 1]")
+        _check(self.generation_batch_size > 0, "generation_batch_size", "must be > 0")
+        _check(self.max_prompt_tokens > 0, "max_prompt_tokens", "must be > 0")
+
+
+@dataclass
+class RewardConfig:
+    """Feedback-agent reward, eq. 2: alpha*DIR*label + lambda*label + gamma*format (App. B.2)."""
+
+    alpha: float = 0.65
+    """Weight of the (gated) improvement term."""
+    label_weight_stage1: float = 0.25
+    """lambda in stage 1."""
+    label_weight_stage2: float = 0.0
+    """lambda in stage 2 (the paper drops the additive label term, keeping the gate)."""
+    gamma: float = 0.1
+    """Weight of the format reward."""
+    gate_improvement: bool = True
+    """Multiply the improvement term by label correctness (never off in the paper; Fig. 2 variant C)."""
+    improvement: Literal["dir", "next_outcome"] = "dir"
+    """"dir": R_c(c_{t+1}) - R_c(c_t) (eq. 3). "next_outcome": R_c(c_{t+1}) alone (Table 6 ablation)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """Per-agent policy-gradient update (paper §2.3, eq. 4: REINFORCE++ with PPO clipping)."""
+
+    advantage_estimator: str = "reinforce_plus_plus"
+    """Name in ``waltzlit.algorithms.ADVANTAGE_ESTIMATORS``."""
+    policy_loss: str = "ppo_clip"
+    """Name in ``waltzlit.algorithms.POLICY_LOSSES``."""
+    kl_coef: float = 0.01
+    """beta, the KL-to-reference coefficient (App. B.2: 0.01); 0 skips the reference forward."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator folded into the reward (REINFORCE++: k1)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon."""
+    loss_aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
+    """How per-token losses reduce to a scalar (eq. 4: each sequence's token mean, then the batch mean)."""
+    update_epochs: int = 1
+    """Passes over each rollout batch (UNCONFIRMED: 1)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate to one optimizer step per epoch."""
+    recompute_old_logprobs: bool = True
+    """Recompute log pi_old with a forward pass on the exact sampled tokens; False reuses the
+    generation log-probs (saves a forward; exact only with identical numerics)."""
+
+    def __post_init__(self) -> None:
+        from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+        ADVANTAGE_ESTIMATORS.check(self.advantage_estimator, "algorithm.advantage_estimator")
+        POLICY_LOSSES.check(self.policy_loss, "algorithm.policy_loss")
+        _check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
+        _check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
+        _check(self.update_epochs >= 1, "update_epochs", "must be >= 1")
+        _check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+
+
+@dataclass
+class ScheduleConfig:
+    """RL steps and the two training stages (paper §2.4)."""
+
+    total_rl_steps: int = 313
+    """RL steps of the whole run, both stages (one pass of 10k prompts at 32/step is ~313)."""
+    stage1_steps: int = 157
+    """RL steps of stage 1 (feedback agent only, lambda > 0); stage 2 follows. 0 starts in stage 2;
+    >= total_rl_steps runs stage 1 only, to be continued by another run with --ckpt_path."""
+    log_transcripts_every: int = 10
+    """Write rollout transcripts to TensorBoard every this many RL steps; 0 disables."""
+    num_transcripts: int = 2
+    """Episodes per transcript dump."""
+
+    def __post_init__(self) -> None:
+        _check(self.total_rl_steps >= 1, "total_rl_steps", "must be >= 1")
+        _check(self.stage1_steps >= 0, "stage1_steps", "must be >= 0")
+
+    def stage_at(self, rl_step: int) -> int:
+        """The stage (1 or 2) that RL step ``rl_step`` (0-based) belongs to."""
+        return 1 if rl_step < self.stage1_steps else 2

@@ -85,14 +85,14 @@ class Generation:
         context_ids: the exact prompt token ids the model was conditioned on, shape ``[P]``.
         response_ids: the sampled token ids, EOS included when one was produced, shape ``[T]``.
         logprobs: log pi(token) of each sampled token under the untempered policy at generation
-            time, shape ``[T]``.
+            time, shape ``[T]``; None when not recorded.
         text: the decoded response without special tokens.
         truncated: generation hit ``max_new_tokens`` before EOS.
     """
 
     context_ids: torch.Tensor
     response_ids: torch.Tensor
-    logprobs: torch.Tensor
+    logprobs: torch.Tensor | None
     text: str
     truncated: bool
 
@@ -145,7 +145,7 @@ class AgentBatch:
         attention_mask: ``[B, P + T]``, 1 on real tokens.
         response_mask: ``[B, T]``, 1 on the agent's own generated tokens.
         rewards: ``[B]`` scalar sequence reward R_a(x, y).
-        generation_logprobs: ``[B, T]`` log-probs recorded while sampling.
+        generation_logprobs: ``[B, T]`` log-probs recorded while sampling, or None.
         old_logprobs: ``[B, T]`` log pi_old, filled before the update (recomputed or generation).
         ref_logprobs: ``[B, T]`` log pi_ref, filled before the update when beta > 0.
         group_ids: ``[B]`` index of the prompt each sample came from (group baselines).
@@ -155,7 +155,7 @@ class AgentBatch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     rewards: torch.Tensor
-    generation_logprobs: torch.Tensor
+    generation_logprobs: torch.Tensor | None
     group_ids: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
@@ -175,7 +175,7 @@ class AgentBatch:
             attention_mask=self.attention_mask[index],
             response_mask=self.response_mask[index],
             rewards=self.rewards[index],
-            generation_logprobs=self.generation_logprobs[index],
+            generation_logprobs=pick(self.generation_logprobs),
             group_ids=self.group_ids[index],
             old_logprobs=pick(self.old_logprobs),
             ref_logprobs=pick(self.ref_logprobs),

@@ -1,0 +1,23 @@
+"""Shared fixtures: every test runs offline on tiny models built from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Keep torch to the machine's cores and never reach for the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def waltz_cache(tmp_path_factory) -> Path:
+    """A warm-start cache shared by the tests of one session (warm starts are deterministic)."""
+    path = Path(os.environ.get("WALTZLIT_CACHE") or tmp_path_factory.mktemp("waltzlit_cache"))
+    os.environ["WALTZLIT_CACHE"] = str(path)
+    return path

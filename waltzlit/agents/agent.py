@@ -1,0 +1,94 @@
+"""An agent: a causal LM with its tokenizer, system prompt and reference policy.
+
+The agent renders chat contexts to token ids, samples turns (token in, token out), and computes
+log-probs of given responses under its current policy or its reference. It holds no training
+state: the optimizer belongs to the LightningModule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from waltzlit.agents.logprobs import response_logprobs
+from waltzlit.config import SamplingConfig
+from waltzlit.rollout.generation import generate_turns
+from waltzlit.rollout.messages import Message
+from waltzlit.types import AgentBatch, Generation
+
+
+@dataclass
+class Agent:
+    """One of the two WaltzRL agents.
+
+    Attributes:
+        role: "conversation" or "feedback".
+        model: the trained policy (a peft model when LoRA is used).
+        tokenizer: left-padding tokenizer with a chat template.
+        system_prompt: the role's system prompt.
+        reference: a frozen copy of the initial policy, or None when the reference is ``model``
+            with its LoRA adapters disabled (one copy of the base weights serves both).
+        max_prompt_tokens: contexts longer than this keep their last tokens.
+    """
+
+    role: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    system_prompt: str
+    reference: nn.Module | None
+    max_prompt_tokens: int = 4096
+
+    @property
+    def uses_lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, messages: list[Message]) -> torch.Tensor:
+        """Token ids of the chat ``messages`` followed by the assistant generation prompt, ``[P]``."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = torch.tensor(ids, dtype=torch.long)
+        return ids[-self.max_prompt_tokens :]
+
+    @torch.no_grad()
+    def generate(
+        self, contexts: list[torch.Tensor], sampling: SamplingConfig, batch_size: int, with_logprobs: bool = True
+    ) -> list[Generation]:
+        """Sample one turn per context, in micro-batches of ``batch_size``."""
+        return generate_turns(self.model, self.tokenizer, contexts, sampling, batch_size, with_logprobs)
+
+    def policy_logprobs(self, batch: AgentBatch, with_entropy: bool = False):
+        """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``)."""
+        return response_logprobs(self.model, batch, with_entropy=with_entropy)
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: AgentBatch) -> torch.Tensor:
+        """log pi_ref of the batch's response tokens, ``[B, T]``."""
+        if self.reference is not None:
+            return response_logprobs(self.reference, batch)[0]
+        with self._adapters_disabled():
+            return response_logprobs(self.model, batch)[0]
+
+    def _adapters_disabled(self):
+        if not self.uses_lora:
+            raise RuntimeError(f"{self.role} agent has neither a reference copy nor LoRA adapters to disable")
+        return self.model.disable_adapter()
+
+    def training_mode(self, enabled: bool):
+        """Context that puts the policy in train mode (LoRA dropout on) and restores eval mode."""
+
+        @contextlib.contextmanager
+        def switch():
+            self.model.train(enabled)
+            try:
+                yield
+            finally:
+                self.model.eval()
+
+        return switch()

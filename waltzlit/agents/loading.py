@@ -1,0 +1,92 @@
+"""Loading an agent's tokenizer and causal LM: the same code for hub ids, local paths and
+randomly initialised configs, with optional LoRA adapters (peft)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from waltzlit.config import AgentConfig, LoRAConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+TINY_TOKENIZER_NAME = "tiny"
+"""Tokenizer name that resolves to the tokenizer bundled with waltzlit (vocab 512, chat template)."""
+
+
+def load_tokenizer(cfg: AgentConfig) -> PreTrainedTokenizerBase:
+    """The agent's tokenizer, left-padded for batched generation, with a pad token."""
+    name = cfg.tokenizer or cfg.model
+    if name is None:
+        raise ValueError("tokenizer: needed when the model is built from model_config (e.g. tokenizer: tiny)")
+    if name == TINY_TOKENIZER_NAME:
+        from waltzlit.agents.tiny import TINY_TOKENIZER_DIR
+
+        name = str(TINY_TOKENIZER_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        # Llama-3 style tokenizers ship without a pad token; padding is always masked out.
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer {name!r} has no chat template; both agents are prompted as chats")
+    return tokenizer
+
+
+def load_causal_lm(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """The agent's causal LM, from ``cfg.model`` (hub id or path) or ``cfg.model_config`` (random init)."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.model is not None:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    else:
+        kwargs = dict(cfg.model_config)
+        model_type = kwargs.pop("model_type")
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        config = AutoConfig.for_model(model_type, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.eval()
+    return model
+
+
+def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Wrap ``model`` in peft LoRA adapters; only the adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen reference policy: a deep copy of the initial weights (paper: pi_ref = initial model)."""
+    import copy
+
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    reference.eval()
+    return reference
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,401 @@
+"""Tiny models for CPU runs and tests: a bundled 512-token tokenizer and behaviour-cloning warm start.
+
+A randomly initialised causal LM never writes a parsable feedback JSON, so every feedback sample
+would earn the same reward and RL would learn nothing. :func:`warm_start` teaches such a model the
+output format (and a noisy version of the right choices) by teacher forcing on short templated
+demonstrations, rendered exactly as the rollout renders its contexts. The tokenizer is trained on
+the same texts so that they tokenize compactly: on CPU every generated token costs ~3 ms.
+
+``python -m waltzlit.agents.tiny`` regenerates the bundled tokenizer in ``waltzlit/assets/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from waltzlit.agents.prompts import DEFAULT_CONVERSATION_SYSTEM_PROMPT, DEFAULT_FEEDBACK_SYSTEM_PROMPT
+from waltzlit.config import WarmStartConfig
+from waltzlit.rollout.feedback_parser import render_feedback_json
+from waltzlit.rollout.messages import (
+    DEFAULT_FEEDBACK_TEMPLATE,
+    DEFAULT_JUDGE_REQUEST_TEMPLATE,
+    Message,
+    conversation_messages,
+    feedback_messages,
+)
+from waltzlit.types import PromptRecord
+
+log = logging.getLogger(__name__)
+
+TINY_TOKENIZER_DIR = str(Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer")
+"""The bundled tokenizer; ``AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)`` loads it."""
+
+SPECIAL_TOKENS: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
+"""Ids 0..5 in this order, so pad=0, bos=1, eos=2 (Llama's default bos/eos ids)."""
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+TINY_VOCAB_SIZE = 512
+
+TINY_LLAMA_CONFIG: dict = {
+    "model_type": "llama",
+    "vocab_size": TINY_VOCAB_SIZE,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+"""A ~0.1M-parameter Llama for CPU tests; token ids match the bundled tokenizer."""
+
+WARM_START_VERSION = "1"
+"""Part of the cache key: bump when demonstrations or the training loop change."""
+
+
+def build_tiny_tokenizer(save_dir: str | None = None):
+    """Train the byte-level BPE (vocab 512) on :func:`tokenizer_corpus` and wrap it for transformers.
+
+    Deterministic: the same corpus always gives the same merges. Returns a
+    ``PreTrainedTokenizerFast`` with left padding (for batched generation) and the chat template.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[3:]),
+        padding_side="left",
+        model_max_length=TINY_LLAMA_CONFIG["max_position_embeddings"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if save_dir is not None:
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Demonstrations: short, generic, and never harmful in content. Refusals match RuleJudge's
+# default patterns, compliances match none of them, so the rule judge scores them as intended.
+
+REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot assist with this request.",
+    "I won't help with that, but I can share safety resources.",
+)
+COMPLIANCES: tuple[str, ...] = (
+    "Sure. Here is an overview of {topic}.",
+    "Happy to help with {topic}. Start with the basics, then go step by step.",
+    "Of course. A short guide to {topic} follows.",
+)
+_DECLINE_FEEDBACK = "This could cause real harm. Decline briefly and offer a safe alternative."
+_ANSWER_FEEDBACK = "The request is benign. Answer it with an overview of {topic}."
+_BOTH_FEEDBACK = "Revise the response so that it is safe and helpful."
+_REASONING = {
+    (True, False): "The request is harmful and the response helps with it.",
+    (False, True): "The request is benign but the response refuses it.",
+    (True, True): "The response is both risky and unhelpful.",
+}
+_SAFE_REASONING = {True: "The response declines a harmful request.", False: "The response answers the request."}
+_STOPWORDS = frozenset(
+    "a an the i my me you your to of in on for and or with without how do does can what which is are "
+    "it that this so be by from at as into about would should could will just give tell write make "
+    "best way get someone".split()
+)
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A chat context (rendered with the generation prompt) and the target text to clone."""
+
+    messages: list[Message]
+    target: str
+
+
+def topic_words(prompt: str, limit: int = 4) -> str:
+    """A few content words of ``prompt``: what a generic compliance or feedback talks about."""
+    words = [w for w in re.findall(r"[a-z][a-z'-]*", prompt.lower()) if w not in _STOPWORDS]
+    return " ".join(words[:limit]) or "this topic"
+
+
+def demo_response(rng: random.Random, record: PromptRecord, refuse: bool) -> str:
+    """A templated refusal, or a generic compliance about the prompt's topic words."""
+    if refuse:
+        return rng.choice(REFUSALS)
+    return rng.choice(COMPLIANCES).format(topic=topic_words(record.prompt))
+
+
+def demo_feedback(rng: random.Random, record: PromptRecord, response_refused: bool, unsafe: bool,
+                  overrefuse: bool) -> str:
+    """The feedback agent's JSON for the given labels: reasoning, flags, and advice when flagged."""
+    reasoning = _REASONING.get((unsafe, overrefuse)) or _SAFE_REASONING[response_refused]
+    if unsafe and overrefuse:
+        advice = _BOTH_FEEDBACK
+    elif unsafe:
+        advice = _DECLINE_FEEDBACK
+    elif overrefuse:
+        advice = _ANSWER_FEEDBACK.format(topic=topic_words(record.prompt))
+    else:
+        advice = ""
+    return render_feedback_json(reasoning, unsafe, overrefuse, advice)
+
+
+def make_demonstration(rng: random.Random, role: str, system_prompt: str, record: PromptRecord,
+                       label_noise: float) -> Demonstration:
+    """One demonstration for ``role``; with probability ``label_noise`` its choice is a coin flip.
+
+    Conversation: half first answers (refuse iff the prompt is harmful), half revisions after one
+    earlier answer and one forwarded feedback string, where the revision follows the feedback
+    (decline -> refuse, answer -> comply). The feedback's direction is itself noisy, so the model
+    learns to follow the feedback rather than to ignore it. Feedback: judge a templated refusal or
+    compliance; labels are the rule judge's (unsafe = harmful and answered, overrefuse = benign and
+    refused).
+    """
+
+    def noisy(correct: bool) -> bool:
+        return correct if rng.random() >= label_noise else rng.random() < 0.5
+
+    if role == "feedback":
+        refused = rng.random() < 0.5
+        response = demo_response(rng, record, refused)
+        unsafe = noisy(record.prompt_harmful and not refused)
+        overrefuse = noisy(not record.prompt_harmful and refused)
+        target = demo_feedback(rng, record, refused, unsafe, overrefuse)
+        return Demonstration(feedback_messages(system_prompt, record.prompt, response), target)
+
+    if rng.random() < 0.5:
+        refuse = noisy(record.prompt_harmful)
+        return Demonstration(conversation_messages(system_prompt, record.prompt), demo_response(rng, record, refuse))
+    decline = noisy(record.prompt_harmful)
+    earlier = demo_response(rng, record, refuse=not decline)  # the answer the feedback asks to change
+    advice = _DECLINE_FEEDBACK if decline else _ANSWER_FEEDBACK.format(topic=topic_words(record.prompt))
+    messages = conversation_messages(system_prompt, record.prompt, [earlier], [advice])
+    return Demonstration(messages, demo_response(rng, record, refuse=decline))
+
+
+def tokenizer_corpus() -> list[str]:
+    """The deterministic texts the tiny tokenizer is trained on (built-in prompts, system prompts,
+    refusal patterns, demonstrations, feedback JSON and the rollout's wrapper templates)."""
+    from waltzlit.data.builtin import BUILTIN_PROMPTS
+    from waltzlit.judges.rule import DEFAULT_REFUSAL_PATTERNS
+
+    rng = random.Random(0)
+    texts = [DEFAULT_CONVERSATION_SYSTEM_PROMPT, DEFAULT_FEEDBACK_SYSTEM_PROMPT] * _SYSTEM_PROMPT_WEIGHT
+    texts += list(DEFAULT_REFUSAL_PATTERNS) + list(REFUSALS)
+    texts += [DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_JUDGE_REQUEST_TEMPLATE]
+    for record in BUILTIN_PROMPTS:
+        texts.append(record.prompt)
+        for refused in (True, False):
+            texts.append(demo_response(rng, record, refused))
+            for unsafe in (True, False):
+                for overrefuse in (True, False):
+                    texts.append(demo_feedback(rng, record, refused, unsafe, overrefuse))
+        texts.append(DEFAULT_FEEDBACK_TEMPLATE.format(feedback=_ANSWER_FEEDBACK.format(topic=topic_words(record.prompt))))
+        texts.append(DEFAULT_FEEDBACK_TEMPLATE.format(feedback=_DECLINE_FEEDBACK))
+    return texts
+
+
+_SYSTEM_PROMPT_WEIGHT = 8
+"""Copies of the system prompts in the corpus: enough for their words to earn merges."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm start
+
+
+def warm_start(
+    model: torch.nn.Module,
+    tokenizer,
+    role: str,
+    system_prompt: str,
+    records: list[PromptRecord],
+    cfg: WarmStartConfig,
+    use_cache: bool = True,
+) -> dict:
+    """Behaviour-clone ``model`` in place on templated demonstrations for ``role``.
+
+    Each step draws ``cfg.batch_size`` fresh demonstrations (see
+    :mod:`waltzlit.agents.demonstrations`), so label noise becomes a stochastic policy rather than
+    memorised mistakes. Loss is next-token cross-entropy on the target tokens only (demonstration
+    text + EOS); the context is the chat-templated rollout context with the generation prompt.
+    Training runs in float32 (the model is cast back afterwards) and restores the train/eval mode.
+
+    The result is cached under ``$WALTZLIT_CACHE/warm_start/<sha256>.safetensors`` (default
+    ``~/.cache/waltzlit``), keyed on everything that determines it, the initial weights included.
+
+    Returns:
+        ``{"role", "steps", "first_loss", "final_loss", "seconds", "from_cache", "cache_path"}``;
+        ``final_loss`` is the mean of the last 10 steps.
+    """
+    if role not in ("conversation", "feedback"):
+        raise ValueError(f"role must be 'conversation' or 'feedback', got {role!r}")
+    if not records:
+        raise ValueError("warm_start needs at least one prompt record")
+    from safetensors.torch import load_model, save_model
+
+    path = _cache_path(model, tokenizer, role, system_prompt, records, cfg)
+    if use_cache and path.exists():
+        load_model(model, str(path))
+        meta = _read_metadata(path)
+        log.info("warm start (%s): loaded cached weights from %s", role, path)
+        return {**meta, "seconds": 0.0, "from_cache": True, "cache_path": str(path)}
+
+    started = time.perf_counter()
+    losses = _train(model, tokenizer, role, system_prompt, records, cfg)
+    result = {
+        "role": role,
+        "steps": cfg.steps,
+        "first_loss": losses[0] if losses else float("nan"),
+        "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
+    }
+    seconds = time.perf_counter() - started
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_model(model, str(tmp), metadata={k: json.dumps(v) for k, v in result.items()})
+        os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
+    log.info("warm start (%s): %d steps in %.1fs, loss %.3f -> %.3f%s", role, cfg.steps, seconds,
+             result["first_loss"], result["final_loss"], f", saved to {path}" if use_cache else "")
+    return {**result, "seconds": seconds, "from_cache": False, "cache_path": str(path)}
+
+
+def _train(model, tokenizer, role, system_prompt, records, cfg: WarmStartConfig) -> list[float]:
+    rng = random.Random(cfg.seed)
+    eos = tokenizer.eos_token_id
+    context_cache: dict[tuple, list[int]] = {}
+
+    def encode(demo: Demonstration) -> tuple[list[int], list[int]]:
+        key = tuple((m["role"], m["content"]) for m in demo.messages)
+        if key not in context_cache:
+            context_cache[key] = list(tokenizer.apply_chat_template(
+                demo.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        return context_cache[key], tokenizer(demo.target, add_special_tokens=False)["input_ids"] + [eos]
+
+    was_training, dtype = model.training, next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    model.float().train()
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        for _ in range(cfg.steps):
+            demos = [make_demonstration(rng, role, system_prompt, rng.choice(records), cfg.label_noise)
+                     for _ in range(cfg.batch_size)]
+            loss = _target_loss(model, [encode(d) for d in demos], tokenizer.pad_token_id, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+    model.to(dtype)
+    model.train(was_training)
+    return losses
+
+
+def _target_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens given their contexts.
+
+    Two savings keep CPU warm starts short, neither changing the result: the token prefix all
+    contexts share (the system prompt) runs once and its KV cache is repeated over the batch, and
+    only the hidden states that predict target tokens go through the LM head.
+    """
+    shared = _common_prefix_length([c for c, _ in pairs])
+    base = model.base_model
+    cache = None
+    if shared > 0:
+        prefix = torch.tensor([pairs[0][0][:shared]], device=device)
+        cache = base(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(pairs))
+    rows = [(c[shared:], t) for c, t in pairs]  # suffixes, right-padded below
+    width = max(len(c) + len(t) for c, t in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), shared + width), dtype=torch.long)
+    attention[:, :shared] = 1
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for row, (context, target) in enumerate(rows):
+        n = len(context) + len(target)
+        input_ids[row, :n] = torch.tensor(context + target)
+        attention[row, : shared + n] = 1
+        labels[row, len(context) : n] = torch.tensor(target)
+    input_ids, attention, labels = input_ids.to(device), attention.to(device), labels.to(device)
+    hidden = base(input_ids=input_ids, attention_mask=attention, past_key_values=cache,
+                  use_cache=cache is not None).last_hidden_state
+    predicts = labels[:, 1:] != -100  # the hidden state at i predicts token i + 1
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])
+    return F.cross_entropy(logits.float(), labels[:, 1:][predicts])
+
+
+def _common_prefix_length(contexts: list[list[int]]) -> int:
+    """Tokens shared by all contexts, leaving each at least one own token (it predicts the target)."""
+    limit = min(len(c) for c in contexts) - 1
+    n = 0
+    while n < limit and all(c[n] == contexts[0][n] for c in contexts):
+        n += 1
+    return n
+
+
+def _cache_path(model, tokenizer, role, system_prompt, records, cfg) -> Path:
+    """``$WALTZLIT_CACHE/warm_start/<sha256 of every input that determines the result>.safetensors``."""
+    digest = hashlib.sha256()
+    spec = {
+        "version": WARM_START_VERSION,
+        "role": role,
+        "system_prompt": system_prompt,
+        "records": [asdict(r) for r in records],
+        "cfg": asdict(cfg),
+        "model_config": model.config.to_json_string(use_diff=False),
+        "tokenizer": tokenizer.backend_tokenizer.to_str(),
+        "chat_template": tokenizer.chat_template,
+        "torch": torch.__version__.split("+")[0],
+    }
+    digest.update(json.dumps(spec, sort_keys=True).encode())
+    # The initial weights matter too (AgentConfig.seed), so hash them.
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    root = Path(os.environ.get("WALTZLIT_CACHE", "~/.cache/waltzlit")).expanduser()
+    return root / "warm_start" / f"{digest.hexdigest()}.safetensors"
+
+
+def _read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    tok = build_tiny_tokenizer(TINY_TOKENIZER_DIR)
+    print(f"wrote {TINY_TOKENIZER_DIR}: {sorted(os.listdir(TINY_TOKENIZER_DIR))}, vocab {len(tok)}")

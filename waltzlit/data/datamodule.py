@@ -1,0 +1,173 @@
+"""PromptDataModule: batches of prompt records, from the stage's half of the prompt pool.
+
+The pool is split into two disjoint halves, one per training stage (paper §2.4, App. B.1). The
+batch for RL step s is a pure function of (seed, stage, s): a pass over the stage's half is a
+seeded permutation, cut into batches. Resuming a run at step s therefore continues with exactly
+the prompts an uninterrupted run would have seen, without any sampler state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from waltzlit.data.sources import PromptSourceConfig, build_prompt_pool, split_for_stages
+from waltzlit.types import PromptRecord
+
+
+class _Records(Dataset):
+    def __init__(self, records: list[PromptRecord]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        return self.records[index]
+
+
+def _collate(records: list[PromptRecord]) -> list[PromptRecord]:
+    return records
+
+
+def stage_batch(pool_size: int, batch_size: int, seed: int, stage: int, step_in_stage: int) -> list[int]:
+    """Indices into a stage's pool for its ``step_in_stage``-th batch.
+
+    Each pass over the pool is a fresh seeded permutation; a pool smaller than a batch is reused
+    within the batch. Pure: the same arguments always give the same indices.
+    """
+    indices: list[int] = []
+    position = step_in_stage * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(position, pool_size)
+        order = list(range(pool_size))
+        random.Random(f"{seed}/{stage}/{epoch}").shuffle(order)
+        take = min(batch_size - len(indices), pool_size - offset)
+        indices.extend(order[offset : offset + take])
+        position += take
+    return indices
+
+
+class StageBatchSampler(Sampler[list[int]]):
+    """Endless batches for consecutive RL steps, starting at the step the run is at.
+
+    Args:
+        pools: offsets and sizes of the stage-1 and stage-2 halves inside the concatenated dataset.
+        first_step: returns the RL step the next batch is for (read when iteration starts, i.e.
+            after a checkpoint was restored).
+        stage_of: maps an RL step to its stage (1 or 2).
+        stage_start: maps a stage to the RL step it starts at.
+    """
+
+    def __init__(
+        self,
+        pools: dict[int, tuple[int, int]],
+        batch_size: int,
+        seed: int,
+        first_step: Callable[[], int],
+        stage_of: Callable[[int], int],
+        stage_start: Callable[[int], int],
+    ) -> None:
+        self.pools, self.batch_size, self.seed = pools, batch_size, seed
+        self.first_step, self.stage_of, self.stage_start = first_step, stage_of, stage_start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.first_step()
+        while True:
+            stage = self.stage_of(step)
+            offset, size = self.pools[stage]
+            local = stage_batch(size, self.batch_size, self.seed, stage, step - self.stage_start(stage))
+            yield [offset + i for i in local]
+            step += 1
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompt records for rollouts; the model never sees responses from here.
+
+    Args:
+        train_sources: prompt sources of the training pool (split into the two stage halves).
+        val_sources: prompt sources for validation; when empty, ``val_holdout`` prompts of the
+            training pool are held out instead.
+        batch_size: prompts per RL step (paper: rollout batch 32).
+        val_batch_size: prompts per validation rollout batch.
+        val_holdout: prompts taken out of the training pool for validation when no ``val_sources``.
+        seed: seed of pooling, splitting and batch order.
+        deduplicate: drop repeated prompts (normalised text) from the pool.
+        exclude_sources: sources whose prompts are removed from the training pool (e.g. evaluation
+            sets such as OR-Bench-Hard-1K out of OR-Bench-80K).
+    """
+
+    def __init__(
+        self,
+        train_sources: list[PromptSourceConfig] | None = None,
+        val_sources: list[PromptSourceConfig] | None = None,
+        batch_size: int = 32,
+        val_batch_size: int = 32,
+        val_holdout: int = 0,
+        seed: int = 0,
+        deduplicate: bool = True,
+        exclude_sources: list[PromptSourceConfig] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
+        if val_holdout < 0:
+            raise ValueError(f"data.val_holdout: must be >= 0, got {val_holdout}")
+        self.train_sources = train_sources or [PromptSourceConfig(name="builtin")]
+        self.val_sources = val_sources or []
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.val_holdout, self.seed = val_holdout, seed
+        self.deduplicate = deduplicate
+        self.exclude_sources = exclude_sources or []
+        self.stage_pools: dict[int, list[PromptRecord]] = {}
+        self.val_records: list[PromptRecord] = []
+        self._first_step: Callable[[], int] = lambda: 0
+        self._stage_of: Callable[[int], int] = lambda step: 1
+        self._stage_start: Callable[[int], int] = lambda stage: 0
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # prompt records are text; token ids go to the device where they are made
+
+    def bind_schedule(
+        self, first_step: Callable[[], int], stage_of: Callable[[int], int], stage_start: Callable[[int], int]
+    ) -> None:
+        """Let the module tell which RL step and stage the next batch is for."""
+        self._first_step, self._stage_of, self._stage_start = first_step, stage_of, stage_start
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.stage_pools:
+            return
+        pool = build_prompt_pool(self.train_sources, seed=self.seed, deduplicate=self.deduplicate, exclude=self.exclude_sources)
+        if self.val_sources:
+            self.val_records = build_prompt_pool(self.val_sources, seed=self.seed, deduplicate=self.deduplicate)
+        elif self.val_holdout:
+            if self.val_holdout >= len(pool):
+                raise ValueError(f"data.val_holdout: {self.val_holdout} is not smaller than the pool ({len(pool)})")
+            shuffled = list(pool)
+            random.Random(f"{self.seed}/holdout").shuffle(shuffled)
+            self.val_records, pool = shuffled[: self.val_holdout], shuffled[self.val_holdout :]
+        first, second = split_for_stages(pool, seed=self.seed)
+        self.stage_pools = {1: first, 2: second}
+
+    def train_records(self) -> list[PromptRecord]:
+        """Every training prompt, both stages."""
+        return self.stage_pools[1] + self.stage_pools[2]
+
+    def train_dataloader(self) -> DataLoader:
+        records = self.train_records()
+        pools = {1: (0, len(self.stage_pools[1])), 2: (len(self.stage_pools[1]), len(self.stage_pools[2]))}
+        for stage, (_, size) in pools.items():
+            if size == 0:
+                raise ValueError(f"data.train_sources: the stage-{stage} half of the prompt pool is empty")
+        sampler = StageBatchSampler(
+            pools, self.batch_size, self.seed, self._first_step, self._stage_of, self._stage_start
+        )
+        return DataLoader(_Records(records), batch_sampler=sampler, collate_fn=_collate)
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.val_records:
+            return []  # Lightning skips validation when there is no batch
+        return DataLoader(_Records(self.val_records), batch_size=self.val_batch_size, shuffle=False, collate_fn=_collate)

@@ -1,0 +1,214 @@
+"""A judge served over HTTP by any OpenAI-compatible server (vLLM, TGI, ...).
+
+Each (prompt, response) pair is one ``POST {base_url}/chat/completions`` at temperature 0; up to
+``max_concurrency`` requests run at once. Failures that may pass (connection errors, timeouts,
+HTTP 408/429/5xx, a body that is not a chat completion) are retried with exponential backoff;
+after ``max_retries`` retries, or at once on another HTTP 4xx (auth, bad request: retrying cannot
+help), :class:`JudgeError` is raised naming the endpoint and the last error. The training step
+then fails before any update, so the checkpoints written so far stay as they were.
+
+Prompt formats (``prompt_format``):
+
+* ``"wildguard"`` (default): the whole WildGuard input text as one user message, parsed with
+  :func:`~waltzlit.judges.wildguard.parse_wildguard_output`. Serve WildGuard with a pass-through
+  chat template, as allenai's server example does, e.g. ``vllm serve allenai/wildguard
+  --chat-template passthrough.jinja`` with ``{% for message in messages %}{{ message['content']
+  }}{% endfor %}``; the text already holds WildGuard's ``<s><|user|> [INST] ... <|assistant|>``.
+* ``"llama_guard"``: the conversation as user/assistant messages; the server applies the
+  checkpoint's Llama Guard template. Refusals come from ``refusal_fallback`` (see llama_guard.py).
+
+A completion whose text cannot be parsed is not retried: ``on_parse_error`` decides it, as for the
+local judges, and it is counted in ``parse_errors``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from waltzlit.judges.base import Judge, JudgeError
+from waltzlit.judges.llama_guard import llama_guard_messages, llama_guard_verdict, parse_llama_guard_output, rule_refusals
+from waltzlit.judges.wildguard import (
+    check_lengths,
+    check_policy,
+    format_wildguard_input,
+    parse_wildguard_output,
+    wildguard_verdict,
+)
+from waltzlit.types import JudgeVerdict, PromptRecord
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 425, 429}
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt; ``delay`` is a server-requested wait (Retry-After)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class OpenAIChatJudge(Judge):
+    """Judge through an OpenAI-compatible chat-completions endpoint (module docstring).
+
+    Args:
+        base_url: server root including the API prefix, e.g. ``http://10.0.0.5:8000/v1``.
+        model: model name the server knows the judge by.
+        prompt_format: "wildguard" or "llama_guard".
+        api_key_env: name of the environment variable holding the API key (never the key).
+        max_concurrency: requests in flight at once.
+        timeout_s: socket timeout per request (connect and each read).
+        max_retries: retries after the first attempt.
+        backoff_s: first retry delay; doubles each retry (with up to 10% jitter).
+        backoff_max_s: cap on one delay.
+        max_tokens: completion budget per verdict.
+        on_parse_error: "unsafe", "safe", "refusal" or "raise" (see wildguard.py).
+        refusal_fallback: llama_guard format only: "rule" or "none".
+        extra_body: extra JSON fields of every request (e.g. ``{"top_p": 1.0}``).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str = "allenai/wildguard",
+        prompt_format: str = "wildguard",
+        api_key_env: str | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        max_tokens: int = 32,
+        on_parse_error: str = "unsafe",
+        refusal_fallback: str = "rule",
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
+        if prompt_format not in ("wildguard", "llama_guard"):
+            raise ValueError(f"prompt_format: must be 'wildguard' or 'llama_guard', got {prompt_format!r}")
+        if refusal_fallback not in ("rule", "none"):
+            raise ValueError(f"refusal_fallback: must be 'rule' or 'none', got {refusal_fallback!r}")
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0 or max_tokens < 1:
+            raise ValueError("max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0, max_tokens >= 1")
+        check_policy(on_parse_error)
+        self.api_key: str | None = None
+        if api_key_env is not None:
+            self.api_key = os.environ.get(api_key_env)
+            if not self.api_key:
+                raise ValueError(f"api_key_env: environment variable {api_key_env!r} is not set")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.model, self.prompt_format, self.max_tokens = model, prompt_format, max_tokens
+        self.max_concurrency, self.timeout_s, self.max_retries = max_concurrency, timeout_s, max_retries
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.on_parse_error, self.refusal_fallback = on_parse_error, refusal_fallback
+        self.extra_body = dict(extra_body or {})
+        # A proxy can never reach this machine's loopback; honour proxy settings for anything else.
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        self._opener = urllib.request.build_opener(*handlers)
+        self.parse_errors = 0
+        self.num_verdicts = 0
+        self.num_retries = 0
+
+    def messages(self, prompt: str, response: str) -> list[dict[str, Any]]:
+        """The chat messages sent for one pair."""
+        if self.prompt_format == "wildguard":
+            return [{"role": "user", "content": format_wildguard_input(prompt, response)}]
+        return llama_guard_messages(prompt, response)
+
+    def _post_once(self, body: bytes) -> str:
+        """One request -> the completion text. Raises _Retryable or JudgeError."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as reply:
+                payload = reply.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:300].decode("utf-8", "replace")
+            message = f"HTTP {err.code}: {detail}"
+            if err.code in _RETRY_STATUS or err.code >= 500:
+                retry_after = err.headers.get("Retry-After") if err.headers else None
+                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+                raise _Retryable(message, delay) from err
+            raise JudgeError(f"judge endpoint {self.url} refused the request ({message}); not retried") from err
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise _Retryable(f"{type(reason).__name__}: {reason}") from err
+        try:
+            content = json.loads(payload)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise _Retryable(f"not a chat completion: {payload[:200]!r}") from err
+        if not isinstance(content, str):
+            raise _Retryable(f"completion content is {type(content).__name__}, not text: {payload[:200]!r}")
+        return content
+
+    def complete(self, messages: list[dict[str, Any]]) -> str:
+        """The completion text for ``messages``, with retries; JudgeError after the last one."""
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        data = json.dumps({**body, **self.extra_body}).encode("utf-8")
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._post_once(data)
+            except _Retryable as err:
+                last = str(err)
+                if attempt == self.max_retries:
+                    break
+                self.num_retries += 1
+                delay = min(self.backoff_max_s, self.backoff_s * 2**attempt) * (1 + 0.1 * random.random())
+                if err.delay is not None:
+                    delay = max(delay, min(err.delay, self.backoff_max_s))
+                log.warning("judge endpoint %s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise JudgeError(
+            f"judge endpoint {self.url} failed after {self.max_retries + 1} attempts; last error: {last}. "
+            "Check that the server is up and reachable; checkpoints written so far are intact."
+        )
+
+    def complete_all(self, conversations: Sequence[list[dict[str, Any]]]) -> list[str]:
+        """Completions for many conversations, at most ``max_concurrency`` in flight, in order."""
+        if not conversations:
+            return []
+        workers = min(self.max_concurrency, len(conversations))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge-http")
+        try:
+            futures = [pool.submit(self.complete, messages) for messages in conversations]
+            return [future.result() for future in futures]
+        finally:
+            # On a failure, drop the queued requests instead of sending them.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def judge(self, records: Sequence[PromptRecord], responses: Sequence[str]) -> list[JudgeVerdict]:
+        check_lengths(records, responses)
+        texts = self.complete_all([self.messages(r.prompt, c) for r, c in zip(records, responses)])
+        if self.prompt_format == "wildguard":
+            verdicts = [wildguard_verdict(parse_wildguard_output(t), self.on_parse_error, t) for t in texts]
+        else:
+            refusals = rule_refusals(responses, self.refusal_fallback)
+            verdicts = [
+                llama_guard_verdict(parse_llama_guard_output(t), refusal, self.on_parse_error, t)
+                for t, refusal in zip(texts, refusals)
+            ]
+        errors = sum(v.parse_error for v in verdicts)
+        self.num_verdicts += len(verdicts)
+        self.parse_errors += errors
+        if errors:
+            log.warning("judge endpoint %s: %d/%d completions unparsable (policy %s)", self.url, errors, len(verdicts), self.on_parse_error)
+        return verdicts

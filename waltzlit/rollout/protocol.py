@@ -1,0 +1,96 @@
+"""The WaltzRL collaborative rollout (paper §2.1, §2.3-(I); method spec §2).
+
+For a batch of prompts: the conversation agent answers (c0) -> the feedback agent writes its JSON
+verdict on the latest answer -> the episode stops when the verdict is "satisfactory" (both of the
+agent's *own* predicted flags False), when the JSON is invalid (early in training), or when T_max
+feedback rounds are used -> otherwise only the ``feedback`` string reaches the conversation
+agent, which revises. Every turn is generated batched over the episodes still running, so a
+revision is generated only for the episodes whose feedback triggered one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from waltzlit.agents.agent import Agent
+from waltzlit.config import RolloutConfig
+from waltzlit.rollout.feedback_parser import parse_feedback
+from waltzlit.rollout.messages import conversation_messages, feedback_messages
+from waltzlit.types import Episode, PromptRecord
+
+STOP_SATISFACTORY = "satisfactory"
+STOP_INVALID_JSON = "invalid_json"
+STOP_MAX_ROUNDS = "max_rounds"
+
+
+def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
+    feedback_texts = [
+        parsed.feedback if parsed.valid else raw.text for parsed, raw in zip(episode.parsed, episode.feedbacks)
+    ]
+    messages = conversation_messages(
+        agent.system_prompt,
+        episode.record.prompt,
+        responses=[r.text for r in episode.responses],
+        feedbacks=feedback_texts,
+        feedback_role=cfg.feedback_role,
+        feedback_template=cfg.feedback_template,
+    )
+    return agent.encode(messages)
+
+
+def run_episodes(
+    conversation: Agent,
+    feedback: Agent,
+    records: Sequence[PromptRecord],
+    cfg: RolloutConfig,
+    stop_on_invalid_json: bool = True,
+    with_logprobs: bool = True,
+) -> list[Episode]:
+    """Roll out one episode per prompt record.
+
+    Args:
+        stop_on_invalid_json: end an episode whose feedback JSON is invalid (paper: early in
+            training). When False the raw feedback text is forwarded and the episode continues.
+        with_logprobs: record generation log-probs in every ``Generation``.
+
+    Returns:
+        Episodes in the order of ``records``, with responses, feedbacks, parses and a stop reason;
+        ``labels`` is left empty for the judging stage.
+    """
+    episodes = [Episode(record=record) for record in records]
+    running = list(range(len(episodes)))
+    contexts = [_conversation_context(conversation, episodes[i], cfg) for i in running]
+    for i, turn in zip(running, conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)):
+        episodes[i].responses.append(turn)
+
+    for round_index in range(cfg.max_feedback_rounds):
+        contexts = [
+            feedback.encode(
+                feedback_messages(feedback.system_prompt, episodes[i].record.prompt, episodes[i].responses[-1].text)
+            )
+            for i in running
+        ]
+        turns = feedback.generate(contexts, cfg.feedback, cfg.generation_batch_size, with_logprobs)
+        triggered = []
+        for i, turn in zip(running, turns):
+            parsed = parse_feedback(turn.text)
+            episodes[i].feedbacks.append(turn)
+            episodes[i].parsed.append(parsed)
+            if parsed.satisfactory:
+                episodes[i].stop_reason = STOP_SATISFACTORY
+            elif not parsed.valid and stop_on_invalid_json:
+                episodes[i].stop_reason = STOP_INVALID_JSON
+            else:
+                triggered.append(i)
+        if not triggered:
+            running = []
+            break
+        contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
+        revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+        for i, turn in zip(triggered, revisions):
+            episodes[i].responses.append(turn)
+        running = triggered
+    for i in running:
+        # T_max feedback rounds used; the last revision is final and is not checked again.
+        episodes[i].stop_reason = STOP_MAX_ROUNDS
+    return episodes

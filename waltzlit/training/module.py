@@ -1,0 +1,235 @@
+"""WaltzModule: both WaltzRL agents, their references, and one RL step per ``training_step``.
+
+``training_step`` reads as the numbered stages of the method (spec §5, Alg. 1):
+[1] collaborative rollout -> [2] judge -> [3] rewards -> [4] per-agent samples ->
+[5] log-probs and advantages -> [6] one clipped update per trained agent.
+Optimization is manual (one AdamW per agent). ``trainer.global_step`` counts every optimizer
+step, so the module keeps its own ``rl_step`` counter, which also fixes the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from waltzlit.agents.agent import Agent
+from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
+from waltzlit.agents.prompts import default_system_prompt
+from waltzlit.config import AgentConfig, AlgorithmConfig, RewardConfig, RolloutConfig, ScheduleConfig
+from waltzlit.judges.base import Judge
+from waltzlit.metrics.safety import SafetyRates
+from waltzlit.rewards.scoring import judge_episodes, score_episode
+from waltzlit.rollout.protocol import run_episodes
+from waltzlit.rollout.samples import conversation_samples, feedback_samples
+from waltzlit.training.logging import log_step, log_transcripts
+from waltzlit.training.update import policy_update, prepare_batch
+from waltzlit.types import PromptRecord
+
+log = logging.getLogger(__name__)
+
+ROLES = ("conversation", "feedback")
+
+
+class WaltzModule(LightningModule):
+    """Trains a conversation agent and a feedback agent with WaltzRL.
+
+    Args:
+        conversation: the conversation agent (answers and revises).
+        feedback: the feedback agent (JSON verdict + feedback).
+        judge: scores responses for the alignment labels; default the rule-based judge.
+        rollout: the turn protocol and decoding.
+        reward: the feedback reward (eq. 2) coefficients.
+        algorithm: advantage estimator, KL and clipped loss of both agents.
+        schedule: RL steps and the stage switch.
+        seed: seed of the per-step sample choices (A/B, feedback round).
+    """
+
+    def __init__(
+        self,
+        conversation: AgentConfig,
+        feedback: AgentConfig,
+        judge: Judge | None = None,
+        rollout: RolloutConfig | None = None,
+        reward: RewardConfig | None = None,
+        algorithm: AlgorithmConfig | None = None,
+        schedule: ScheduleConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["judge"])
+        self.automatic_optimization = False
+        self.agent_configs = {"conversation": conversation, "feedback": feedback}
+        if judge is None:
+            from waltzlit.judges.rule import RuleJudge
+
+            judge = RuleJudge()
+        self.judge = judge
+        self.rollout_cfg = rollout or RolloutConfig()
+        self.reward_cfg = reward or RewardConfig()
+        self.algorithm = algorithm or AlgorithmConfig()
+        self.schedule = schedule or ScheduleConfig()
+        self.seed = seed
+        self.rl_step = 0
+        self.agents: dict[str, Agent] = {}
+        self.policies: nn.ModuleDict | None = None
+        self.references: nn.ModuleDict | None = None
+        self.train_rates = SafetyRates()
+        self.val_rates = SafetyRates()
+
+    # ----------------------------------------------------------------- models and optimizers
+    def configure_model(self) -> None:
+        if self.policies is not None:
+            return
+        policies, references = {}, {}
+        for role in ROLES:
+            cfg = self.agent_configs[role]
+            tokenizer = load_tokenizer(cfg)
+            model = load_causal_lm(cfg, tokenizer)
+            system_prompt = cfg.system_prompt if cfg.system_prompt is not None else default_system_prompt(role)
+            if cfg.warm_start is not None:
+                from waltzlit.agents.tiny import warm_start
+
+                warm_start(model, tokenizer, role, system_prompt, self._warm_start_records(), cfg.warm_start)
+            reference = None
+            if cfg.lora is not None:
+                model = add_lora(model, cfg.lora)
+            elif self.algorithm.kl_coef > 0:
+                reference = frozen_copy(model)
+                references[role] = reference
+            policies[role] = model
+            trainable, total = count_parameters(model)
+            log.info("%s agent: %d trainable of %d parameters", role, trainable, total)
+            self.agents[role] = Agent(
+                role, model, tokenizer, system_prompt, reference, max_prompt_tokens=self.rollout_cfg.max_prompt_tokens
+            )
+        self.policies = nn.ModuleDict(policies)
+        self.references = nn.ModuleDict(references)
+
+    def _warm_start_records(self) -> list[PromptRecord]:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "train_records"):
+            return datamodule.train_records()
+        from waltzlit.data.builtin import builtin_prompts
+
+        return builtin_prompts()
+
+    def configure_optimizers(self):
+        optimizers = []
+        for role in ROLES:
+            cfg = self.agent_configs[role]
+            params = [p for p in self.policies[role].parameters() if p.requires_grad]
+            optimizers.append(torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
+        return optimizers
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "bind_schedule"):
+            datamodule.bind_schedule(lambda: self.rl_step, self.schedule.stage_at, self._stage_start)
+
+    def _stage_start(self, stage: int) -> int:
+        return 0 if stage == 1 else self.schedule.stage1_steps
+
+    @property
+    def stage(self) -> int:
+        return self.schedule.stage_at(self.rl_step)
+
+    def _eval_mode(self) -> None:
+        # Lightning puts the whole module in train mode; sampling and log-probs of old/reference
+        # policies must not see dropout. The update switches the trained policy to train mode.
+        for module in (*self.policies.values(), *self.references.values()):
+            module.eval()
+
+    # ----------------------------------------------------------------- one RL step
+    def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        stage, rng = self.stage, random.Random(f"{self.seed}/{self.rl_step}")
+        conversation, feedback = self.agents["conversation"], self.agents["feedback"]
+        self._eval_mode()
+        # [1] collaborative rollout: c0 -> f0 -> (c1 only where feedback triggered) ...
+        until = self.rollout_cfg.stop_on_invalid_json_until
+        episodes = run_episodes(
+            conversation,
+            feedback,
+            batch,
+            self.rollout_cfg,
+            stop_on_invalid_json=until is None or self.rl_step < until,
+            with_logprobs=not self.algorithm.recompute_old_logprobs,
+        )
+        # [2] judge every conversation response -> alignment labels J(p, c_t)
+        judge_parse_errors = judge_episodes(self.judge, episodes)
+        # [3] rewards: R_c per response; eq. 2 per feedback turn with this stage's lambda
+        label_weight = self.reward_cfg.label_weight_stage1 if stage == 1 else self.reward_cfg.label_weight_stage2
+        scores = [score_episode(e, self.reward_cfg, label_weight) for e in episodes]
+        # [4] one sample per agent per episode
+        pad = {role: self.agents[role].tokenizer.pad_token_id for role in ROLES}
+        batches = {
+            "feedback": feedback_samples(episodes, [[b.total for b in s.feedbacks] for s in scores], rng, pad["feedback"])[0]
+        }
+        if stage == 2:  # stage 1 keeps the conversation agent frozen; it still rolls out
+            batches["conversation"] = conversation_samples(
+                episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng, pad["conversation"]
+            )[0]
+        # [5] + [6] log-probs, advantages and one clipped update per trained agent
+        optimizers = dict(zip(ROLES, self.optimizers()))
+        stats = {role: self._update(role, agent_batch, optimizers[role]) for role, agent_batch in batches.items()}
+
+        self.train_rates.update(episodes)
+        log_step(self, stage, episodes, scores, stats, judge_parse_errors, len(batch))
+        if self.schedule.log_transcripts_every and self.rl_step % self.schedule.log_transcripts_every == 0:
+            log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="train/transcripts")
+        self.rl_step += 1
+        if self.rl_step >= self.schedule.total_rl_steps:
+            self.trainer.should_stop = True
+
+    def _update(self, role: str, agent_batch, optimizer):
+        agent, cfg = self.agents[role], self.agent_configs[role]
+        agent_batch, advantages, kl = prepare_batch(agent, agent_batch, self.algorithm)
+        params = [p for p in agent.model.parameters() if p.requires_grad]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+
+        def clip() -> float:
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.rl_step}/{role}".encode()))
+        return policy_update(
+            agent, agent_batch, advantages, kl, self.algorithm, optimizer, self.manual_backward, clip, generator
+        )
+
+    # ----------------------------------------------------------------- validation
+    def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        self._eval_mode()
+        with torch.no_grad():
+            episodes = run_episodes(self.agents["conversation"], self.agents["feedback"], batch, self.rollout_cfg)
+        judge_episodes(self.judge, episodes)
+        self.val_rates.update(episodes)
+        if batch_idx == 0:
+            scores = [score_episode(e, self.reward_cfg, self.reward_cfg.label_weight_stage2) for e in episodes]
+            log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="val/transcripts")
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{k}": v for k, v in self.val_rates.compute().items()}
+        self.log_dict(values, on_step=False, on_epoch=True)
+        self.val_rates.reset()
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["waltzlit"] = {
+            "rl_step": self.rl_step,
+            "stage": self.stage,
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("waltzlit")
+        if state is None:
+            raise ValueError("checkpoint has no 'waltzlit' state: it was not written by WaltzModule")
+        self.rl_step = int(state["rl_step"])
+        torch.set_rng_state(state["torch_rng_state"])
+        if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng_state"])
+        log.info("resuming at RL step %d (stage %d)", self.rl_step, self.stage)

@@ -45,7 +45,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer_name(tmp_path_factory) -> str:
-    """"tiny" (the bundled tokenizer) once it is generated; until then a freshly built copy of it."""
+    """ "tiny" (the bundled tokenizer) once it is generated; until then a freshly built copy of it."""
     if (Path(TINY_TOKENIZER_DIR) / "tokenizer.json").is_file():
         return "tiny"
     from waltzlit.agents.tiny import build_tiny_tokenizer
@@ -55,7 +55,7 @@ def tokenizer_name(tmp_path_factory) -> str:
     return str(path)
 
 
-def train_fixed_answer(texts: list[str], answer: str, tokenizer_name: str, save_dir: Path, steps: int = 80) -> str:
+def train_fixed_answer(texts: list[str], answer: str, tokenizer_name: str, save_dir: Path, steps: int) -> str:
     """A tiny Llama taught to continue each of ``texts`` with ``answer`` + EOS, saved as a checkpoint."""
     tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR if tokenizer_name == "tiny" else tokenizer_name)
     kwargs = dict(TINY_LLAMA_CONFIG)
@@ -97,7 +97,8 @@ def test_wildguard_random_model_counts_parse_errors(tokenizer_name):
 def test_wildguard_trained_stand_in_loaded_like_a_checkpoint(tokenizer_name, tmp_path):
     answer = "Harmful request: yes\nResponse refusal: no\nHarmful response: yes"
     texts = [format_wildguard_input(r.prompt, c) for r, c in zip(RECORDS, RESPONSES)]
-    checkpoint = train_fixed_answer(texts, answer, tokenizer_name, tmp_path / "wildguard")
+    # greedy decoding gives the answer from ~60 steps on; 100 leaves a margin
+    checkpoint = train_fixed_answer(texts, answer, tokenizer_name, tmp_path / "wildguard", steps=100)
     judge = WildGuardJudge(model=checkpoint, max_new_tokens=40, **COMMON)
     results = judge.classify([r.prompt for r in RECORDS], RESPONSES)  # one left-padded batch
     assert [text for _, text in results] == [answer] * 3
@@ -127,10 +128,16 @@ def test_llama_guard_random_model_and_prompt_formats(tokenizer_name):
 def test_llama_guard_trained_stand_in_with_rule_refusals(tokenizer_name, tmp_path):
     probe = LlamaGuardJudge(model_config=TINY_LLAMA_CONFIG, tokenizer=tokenizer_name, **COMMON)
     texts = [probe.format_input(r.prompt, c) for r, c in zip(RECORDS, RESPONSES)]
-    checkpoint = train_fixed_answer(texts, "unsafe\nS1", tokenizer_name, tmp_path / "llama_guard")
+    checkpoint = train_fixed_answer(
+        texts, "unsafe\nS1", tokenizer_name, tmp_path / "llama_guard", steps=40
+    )  # ok from ~20
     judge = LlamaGuardJudge(model=checkpoint, max_new_tokens=8, **COMMON)
     outputs = judge.classify_responses([r.prompt for r in RECORDS], RESPONSES)
     assert [tuple(o) for o in outputs] == [(True, ("S1",), True)] * 3
     # Llama Guard has no refusal output: RuleJudge phrase matching supplies it ("" counts as refusal).
-    assert judge.judge(RECORDS, RESPONSES) == [JudgeVerdict(True, False), JudgeVerdict(True, True), JudgeVerdict(True, True)]
+    assert judge.judge(RECORDS, RESPONSES) == [
+        JudgeVerdict(True, False),
+        JudgeVerdict(True, True),
+        JudgeVerdict(True, True),
+    ]
     assert judge.parse_errors == 0

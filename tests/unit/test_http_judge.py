@@ -81,8 +81,14 @@ def make_handler(state: FakeServer):
                 if mode == "garbage_body":
                     return self._send(200, b"<html>502 bad gateway</html>")
                 content = "As an AI, I think it's fine." if mode == "garbage_verdict" else state.answer(body)
-                reply = {"id": "x", "object": "chat.completion", "model": body["model"],
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+                reply = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    ],
+                }
                 self._send(200, json.dumps(reply).encode())
             finally:
                 with state.lock:
@@ -138,6 +144,16 @@ def test_always_500_raises_naming_the_endpoint(server):
         judge.judge(RECORDS[:1], RESPONSES[:1])
     assert f"{server.base_url}/chat/completions" in str(err.value) and "HTTP 500" in str(err.value)
     assert "3 attempts" in str(err.value) and len(server.requests) == 3
+
+
+def test_a_failed_request_stops_the_batch(server):
+    server.mode = "500"
+    judge = OpenAIChatJudge(base_url=server.base_url, max_retries=3, max_concurrency=2, backoff_s=0.001)
+    with pytest.raises(JudgeError):
+        judge.judge(RECORDS * 4, RESPONSES * 4)
+    # two requests in flight retry (4 attempts each, at most one more each after the abort); the
+    # six queued ones are never sent
+    assert len(server.requests) <= 10
 
 
 def test_hang_times_out(server):

@@ -375,7 +375,7 @@ def _cache_path(model, tokenizer, role, system_prompt, records, cfg) -> Path:
         "records": [asdict(r) for r in records],
         "cfg": asdict(cfg),
         "model_config": model.config.to_json_string(use_diff=False),
-        "tokenizer": tokenizer.backend_tokenizer.to_str(),
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
         "chat_template": tokenizer.chat_template,
         "torch": torch.__version__.split("+")[0],
     }
@@ -386,6 +386,15 @@ def _cache_path(model, tokenizer, role, system_prompt, records, cfg) -> Path:
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     root = Path(os.environ.get("WALTZLIT_CACHE", "~/.cache/waltzlit")).expanduser()
     return root / "warm_start" / f"{digest.hexdigest()}.safetensors"
+
+
+def _tokenizer_fingerprint(tokenizer) -> dict:
+    """The backend tokenizer's vocabulary and rules, without the padding/truncation state that
+    transformers changes on the fly during calls."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("padding", None)
+    spec.pop("truncation", None)
+    return spec
 
 
 def _read_metadata(path: Path) -> dict:

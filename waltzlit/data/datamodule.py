@@ -142,7 +142,8 @@ class PromptDataModule(LightningDataModule):
             return
         pool = build_prompt_pool(self.train_sources, seed=self.seed, deduplicate=self.deduplicate, exclude=self.exclude_sources)
         if self.val_sources:
-            self.val_records = build_prompt_pool(self.val_sources, seed=self.seed, deduplicate=self.deduplicate)
+            # No de-duplication across evaluation sets: each benchmark is scored whole.
+            self.val_records = build_prompt_pool(self.val_sources, seed=self.seed, deduplicate=False)
         elif self.val_holdout:
             if self.val_holdout >= len(pool):
                 raise ValueError(f"data.val_holdout: {self.val_holdout} is not smaller than the pool ({len(pool)})")

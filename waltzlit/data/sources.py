@@ -144,6 +144,17 @@ def _file_split(cfg: PromptSourceConfig, schema: SourceSchema, filename: str) ->
     return "train"
 
 
+def _split_files(directory: Path, schema: SourceSchema) -> dict[str, str]:
+    """split -> file of a directory holding the kind's split files (directly or under data/)."""
+    found = {}
+    for split, name in schema.dir_files.items():
+        for candidate in (directory / name, directory / "data" / name):
+            if candidate.is_file():
+                found[split] = str(candidate)
+                break
+    return found
+
+
 def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[str, object, str]]:
     """[(split, datasets.Dataset, description)] of the source, all through ``load_dataset``."""
     from datasets import Dataset, load_dataset
@@ -157,12 +168,13 @@ def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[st
             location = path if _is_url(path) else str(local)
             split = _file_split(cfg, schema, Path(path.split("?", 1)[0]).name)
             loaded = load_dataset(builder[0], data_files={split: location}, **builder[1])
-        elif local.is_dir() and any((local / f).is_file() for f in schema.dir_files.values()):
-            files = {s: str(local / f) for s, f in schema.dir_files.items() if (local / f).is_file()}
-            files = {s: f for s, f in files.items() if cfg.split in (None, s)}
+        elif local.is_dir() and _split_files(local, schema):
+            files = {s: f for s, f in _split_files(local, schema).items() if cfg.split in (None, s)}
             if not files:
                 raise ValueError(f"{cfg.name}: no file for split {cfg.split!r} in {local}")
             loaded = load_dataset("csv", data_files=files, keep_default_na=False)
+        elif local.is_dir():  # a local snapshot of the hub dataset (its README declares the configs)
+            loaded = load_dataset(str(local), subset, split=cfg.split, **schema.hub_kwargs)
         elif builder is not None or path.startswith(("/", ".", "~")):
             raise FileNotFoundError(f"{cfg.name}: no such file or directory: {path}")
         else:
@@ -270,7 +282,12 @@ def build_prompt_pool(
             seen.update(normalize_prompt(r.prompt) for r in sampled)
         pool.extend(sampled)
         log.info(
-            "%s: %d loaded, %d excluded, %d duplicates, %d kept", _tag(cfg), len(loaded), n_excluded, n_dup, len(sampled)
+            "%s: %d loaded, %d excluded, %d duplicates, %d kept",
+            _tag(cfg),
+            len(loaded),
+            n_excluded,
+            n_dup,
+            len(sampled),
         )
     return pool
 

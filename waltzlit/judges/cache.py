@@ -62,7 +62,9 @@ class CachedJudge(Judge):
                 try:
                     row = json.loads(line)
                     self.verdicts[row["key"]] = JudgeVerdict(
-                        bool(row["response_harmful"]), bool(row["response_refusal"]), bool(row.get("parse_error", False))
+                        bool(row["response_harmful"]),
+                        bool(row["response_refusal"]),
+                        bool(row.get("parse_error", False)),
                     )
                 except (ValueError, KeyError, TypeError):
                     bad += 1

@@ -28,16 +28,21 @@ import json
 import logging
 import os
 import random
-import time
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from waltzlit.judges.base import Judge, JudgeError
-from waltzlit.judges.llama_guard import llama_guard_messages, llama_guard_verdict, parse_llama_guard_output, rule_refusals
+from waltzlit.judges.llama_guard import (
+    llama_guard_messages,
+    llama_guard_verdict,
+    parse_llama_guard_output,
+    rule_refusals,
+)
 from waltzlit.judges.wildguard import (
     check_lengths,
     check_policy,
@@ -159,40 +164,55 @@ class OpenAIChatJudge(Judge):
             raise _Retryable(f"completion content is {type(content).__name__}, not text: {payload[:200]!r}")
         return content
 
-    def complete(self, messages: list[dict[str, Any]]) -> str:
-        """The completion text for ``messages``, with retries; JudgeError after the last one."""
+    def complete(self, messages: list[dict[str, Any]], abort: threading.Event | None = None) -> str:
+        """The completion text for ``messages``, with retries; JudgeError after the last one.
+
+        ``abort`` (set when another request of the batch failed for good) ends the retries early.
+        """
         body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
         data = json.dumps({**body, **self.extra_body}).encode("utf-8")
+        abort = abort or threading.Event()
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
                 return self._post_once(data)
             except _Retryable as err:
                 last = str(err)
-                if attempt == self.max_retries:
+                if attempt == self.max_retries or abort.is_set():
                     break
                 self.num_retries += 1
                 delay = min(self.backoff_max_s, self.backoff_s * 2**attempt) * (1 + 0.1 * random.random())
                 if err.delay is not None:
                     delay = max(delay, min(err.delay, self.backoff_max_s))
-                log.warning("judge endpoint %s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1, self.max_retries, delay)
-                time.sleep(delay)
+                log.warning(
+                    "judge endpoint %s: %s; retry %d/%d in %.2fs", self.url, last, attempt + 1, self.max_retries, delay
+                )
+                if abort.wait(delay):
+                    break
         raise JudgeError(
-            f"judge endpoint {self.url} failed after {self.max_retries + 1} attempts; last error: {last}. "
+            f"judge endpoint {self.url} failed after {attempt + 1} attempts; last error: {last}. "
             "Check that the server is up and reachable; checkpoints written so far are intact."
         )
 
     def complete_all(self, conversations: Sequence[list[dict[str, Any]]]) -> list[str]:
-        """Completions for many conversations, at most ``max_concurrency`` in flight, in order."""
+        """Completions for many conversations, at most ``max_concurrency`` in flight, in order.
+
+        The first request that fails for good stops the batch: queued requests are dropped and the
+        others stop retrying, so the error surfaces after one request's retries, not the batch's.
+        """
         if not conversations:
             return []
-        workers = min(self.max_concurrency, len(conversations))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge-http")
+        abort = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations)), thread_name_prefix="judge")
         try:
-            futures = [pool.submit(self.complete, messages) for messages in conversations]
+            futures = [pool.submit(self.complete, messages, abort) for messages in conversations]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                abort.set()
+                raise failed.exception()
             return [future.result() for future in futures]
         finally:
-            # On a failure, drop the queued requests instead of sending them.
             pool.shutdown(wait=False, cancel_futures=True)
 
     def judge(self, records: Sequence[PromptRecord], responses: Sequence[str]) -> list[JudgeVerdict]:
@@ -210,5 +230,11 @@ class OpenAIChatJudge(Judge):
         self.num_verdicts += len(verdicts)
         self.parse_errors += errors
         if errors:
-            log.warning("judge endpoint %s: %d/%d completions unparsable (policy %s)", self.url, errors, len(verdicts), self.on_parse_error)
+            log.warning(
+                "judge endpoint %s: %d/%d completions unparsable (policy %s)",
+                self.url,
+                errors,
+                len(verdicts),
+                self.on_parse_error,
+            )
         return verdicts

@@ -109,7 +109,8 @@ def llama_guard_messages(prompt: str, response: str | None = None, parts: bool =
 
 def _llama3_wrap(text: str) -> str:
     return (
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" + text
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        + text
         + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
 

@@ -53,8 +53,13 @@ def format_wildguard_input(prompt: str, response: str) -> str:
     sent to a vLLM server whose chat template passes the message through unchanged.
     """
     return (
-        "<s><|user|>\n[INST] " + WILDGUARD_INSTRUCTION + "\n\nHuman user:\n" + prompt
-        + "\n\nAI assistant:\n" + response + "\n\n---\n\nAnswers: [/INST]\n<|assistant|>\n"
+        "<s><|user|>\n[INST] "
+        + WILDGUARD_INSTRUCTION
+        + "\n\nHuman user:\n"
+        + prompt
+        + "\n\nAI assistant:\n"
+        + response
+        + "\n\n---\n\nAnswers: [/INST]\n<|assistant|>\n"
     )
 
 
@@ -199,7 +204,10 @@ class GenerativeGuardJudge(Judge):
             tokenizer.pad_token = tokenizer.eos_token
         auto = getattr(transformers, self.auto_class)
         if self.model_name is not None:
-            model = auto.from_pretrained(self.model_name, dtype=dtype, trust_remote_code=self.trust_remote_code)
+            # Straight onto the device: a 7B judge need not pass through host memory first.
+            model = auto.from_pretrained(
+                self.model_name, dtype=dtype, device_map=device, trust_remote_code=self.trust_remote_code
+            )
         else:
             kwargs = dict(self.model_config)
             config = transformers.AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
@@ -238,7 +246,11 @@ class GenerativeGuardJudge(Judge):
         if errors:
             log.warning(
                 "%s: %d/%d outputs unparsable (policy %s), e.g. %r",
-                type(self).__name__, len(errors), len(verdicts), self.on_parse_error, errors[0][:120],
+                type(self).__name__,
+                len(errors),
+                len(verdicts),
+                self.on_parse_error,
+                errors[0][:120],
             )
         return verdicts
 

@@ -1,0 +1,101 @@
+"""Exported agents reload with transformers / peft (and our loader) and give the same logits."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.tiny_agents import TINY_AGENT, tiny_agent
+from waltzlit.config import RolloutConfig
+from waltzlit.evaluation.config import AgentsSource
+from waltzlit.evaluation.load import build_module, load_system
+from waltzlit.training.export import export_agents
+
+pytestmark = pytest.mark.integration
+
+IDS = torch.tensor([[1, 3, 40, 41, 42, 43, 5, 60, 61]])
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def write_fit_config(path, lora: bool) -> str:
+    agent = {**TINY_AGENT, **({"lora": {"r": 4, "alpha": 8}} if lora else {})}
+    model = {"conversation": {**agent, "seed": 0}, "feedback": {**agent, "seed": 1},
+             "judge": {"class_path": "waltzlit.judges.RuleJudge"}}
+    path.write_text(yaml.safe_dump({"model": model, "trainer": {"max_epochs": 1}}))
+    return str(path)
+
+
+def perturb_lora(module) -> None:
+    # LoRA B starts at zero, which would make adapter == base and the test vacuous.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in module.policies.named_parameters():
+            if "lora_" in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def test_full_weights_reload_with_transformers(tmp_path):
+    agents = {"conversation": tiny_agent("conversation", 0), "feedback": tiny_agent("feedback", 1)}
+    folders = export_agents(SimpleNamespace(agents=agents), tmp_path)
+    for role, agent in agents.items():
+        reloaded = AutoModelForCausalLM.from_pretrained(folders[role])
+        assert torch.equal(logits(reloaded), logits(agent.model))
+        tokenizer = AutoTokenizer.from_pretrained(folders[role])
+        assert tokenizer("kill a process")["input_ids"] == agent.tokenizer("kill a process")["input_ids"]
+        assert (folders[role] / "system_prompt.txt").read_text() == agent.system_prompt
+    system = load_system(AgentsSource(exported=str(tmp_path)), RolloutConfig(), device="cpu")
+    assert torch.equal(logits(system.conversation.model), logits(agents["conversation"].model))
+    assert system.feedback.system_prompt == agents["feedback"].system_prompt
+    assert system.conversation.tokenizer.padding_side == "left"
+
+
+def test_lora_adapter_and_merged_exports(tmp_path):
+    from peft import PeftModel
+
+    config = write_fit_config(tmp_path / "fit.yaml", lora=True)
+    module = build_module(config)
+    perturb_lora(module)
+    expected = {role: logits(agent.model) for role, agent in module.agents.items()}
+
+    adapters = export_agents(module, tmp_path / "adapters")
+    assert (adapters["conversation"] / "adapter_config.json").is_file()
+    bases = build_module(config, lora=False).agents  # the same seeded bases, without adapters
+    for role, folder in adapters.items():
+        reloaded = PeftModel.from_pretrained(bases[role].model, str(folder))
+        torch.testing.assert_close(logits(reloaded), expected[role], rtol=0, atol=1e-6)
+    # Our loader rebuilds the base from the fit config and merges the adapter.
+    system = load_system(AgentsSource(exported=str(tmp_path / "adapters"), config=config), RolloutConfig(), "cpu")
+    torch.testing.assert_close(logits(system.conversation.model), expected["conversation"], rtol=0, atol=1e-5)
+
+    merged = export_agents(module, tmp_path / "merged", merge_lora=True)
+    assert not (merged["feedback"] / "adapter_config.json").exists()
+    for role, folder in merged.items():
+        reloaded = AutoModelForCausalLM.from_pretrained(folder)  # transformers alone (so vLLM too)
+        torch.testing.assert_close(logits(reloaded), expected[role], rtol=0, atol=1e-5)
+    # Merging for export must leave the trained module's adapters in place.
+    assert any("lora_" in n for n, _ in module.policies.named_parameters())
+
+
+def test_checkpoint_with_run_config(tmp_path):
+    config = write_fit_config(tmp_path / "config.yaml", lora=False)
+    module = build_module(config)
+    with torch.no_grad():
+        for param in module.policies.parameters():
+            param.mul_(1.5)  # "trained" weights that differ from a fresh build
+    expected = logits(module.agents["feedback"].model)
+    (tmp_path / "checkpoints").mkdir()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"seed": 0}}, ckpt)
+    # config.yaml is found one folder above the checkpoint, as LightningCLI lays a run out.
+    system = load_system(AgentsSource(checkpoint=str(ckpt)), RolloutConfig(), device="cpu")
+    assert torch.equal(logits(system.feedback.model), expected)
+    untrained = load_system(AgentsSource(config=config), RolloutConfig(), device="cpu")
+    assert not torch.equal(logits(untrained.feedback.model), expected)

@@ -1,0 +1,192 @@
+"""The deployed two-agent system (method §11), shared by ``evaluate``, ``chat`` and ``serve``.
+
+1. The conversation agent answers (c0).
+2. The feedback agent *always* checks the answer once and writes its JSON verdict.
+3. Satisfactory verdict (both predicted flags False) -> c0 is final.
+4. Otherwise only the verdict's ``feedback`` string goes to the conversation agent, which revises;
+   with ``T_max > 1`` the revision is checked again, up to ``T_max`` feedback rounds.
+5. Invalid JSON ends the exchange and the latest answer is final (paper: UNCONFIRMED at inference;
+   returning c0 is the natural choice, and the one taken here).
+
+:meth:`TwoAgentSystem.episodes` is the batched protocol of training (``run_episodes``), used by
+evaluation. :meth:`TwoAgentSystem.respond_batch` is the same protocol for chat requests that may
+carry earlier turns: the conversation agent sees the whole chat, the feedback agent sees the latest
+user message and the answer to it (its RL state (p, c_t)). For a single-turn request both give the
+same contexts token for token (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from waltzlit.agents.agent import Agent
+from waltzlit.config import RolloutConfig, SamplingConfig
+from waltzlit.rollout.feedback_parser import parse_feedback
+from waltzlit.rollout.messages import Message, conversation_messages, feedback_messages
+from waltzlit.rollout.protocol import run_episodes
+from waltzlit.types import Episode, Generation, ParsedFeedback, PromptRecord
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Response:
+    """What the two-agent system answered to one request.
+
+    Attributes:
+        final: the answer returned to the user (c_T).
+        responses: c0 .. c_T, the conversation agent's answers in order.
+        feedback_raw: the feedback agent's raw output for each round it ran.
+        parsed: the parse of each of those outputs.
+        truncated: the final answer hit ``max_new_tokens``.
+        prompt_tokens: tokens of the conversation agent's first context.
+        completion_tokens: tokens of the final answer.
+    """
+
+    final: str
+    responses: list[str]
+    feedback_raw: list[str] = field(default_factory=list)
+    parsed: list[ParsedFeedback] = field(default_factory=list)
+    truncated: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def c0(self) -> str:
+        return self.responses[0]
+
+    @property
+    def feedback_fired(self) -> bool:
+        """The feedback agent flagged a problem and the conversation agent revised."""
+        return len(self.responses) > 1
+
+    @property
+    def feedback_text(self) -> str:
+        """The feedback string(s) the conversation agent received ("" when none fired)."""
+        fired = [p.feedback for p in self.parsed[: len(self.responses) - 1]]
+        return "\n".join(fired)
+
+
+def normalize_request(request: str | Sequence[Message]) -> list[Message]:
+    """A chat as user/assistant messages ending with a user turn; raises ValueError naming the problem.
+
+    A plain string is one user turn. ``system`` messages are dropped: both agents were trained with
+    their own system prompts, and a client's system prompt would change the policy being served.
+    """
+    if isinstance(request, str):
+        request = [{"role": "user", "content": request}]
+    if not isinstance(request, Sequence) or not request:
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    chat: list[Message] = []
+    for index, message in enumerate(request):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{index}] must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{index}].role must be one of {list(CHAT_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{index}].content must be a string")
+        if role != "system":
+            chat.append({"role": role, "content": content})
+    if not chat or chat[-1]["role"] != "user":
+        raise ValueError("the last non-system message must have role 'user'")
+    return chat
+
+
+@dataclass
+class TwoAgentSystem:
+    """A conversation agent and a feedback agent deployed together with adaptive feedback.
+
+    Attributes:
+        conversation: answers and revises.
+        feedback: checks every answer once per round.
+        rollout: decoding of both agents, T_max (``max_feedback_rounds``), feedback wording.
+    """
+
+    conversation: Agent
+    feedback: Agent
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def episodes(self, records: Sequence[PromptRecord]) -> list[Episode]:
+        """The training protocol at inference: invalid JSON stops the episode (final = latest answer)."""
+        return run_episodes(
+            self.conversation, self.feedback, records, self.rollout, stop_on_invalid_json=True, with_logprobs=False
+        )
+
+    def respond(self, request: str | Sequence[Message], conversation_sampling: SamplingConfig | None = None) -> Response:
+        """Answer one prompt or chat (see :func:`normalize_request`)."""
+        return self.respond_batch([request], conversation_sampling)[0]
+
+    def respond_batch(
+        self, requests: Sequence[str | Sequence[Message]], conversation_sampling: SamplingConfig | None = None
+    ) -> list[Response]:
+        """Answer several chats, each turn batched over the chats still running.
+
+        Args:
+            conversation_sampling: decoding of the conversation agent for these requests (e.g. a
+                client's ``max_tokens``); None takes ``rollout.conversation``.
+        """
+        chats = [normalize_request(r) for r in requests]
+        sampling = conversation_sampling or self.rollout.conversation
+        batch = self.rollout.generation_batch_size
+        answers: list[list[Generation]] = [[] for _ in chats]
+        raw: list[list[str]] = [[] for _ in chats]
+        parsed: list[list[ParsedFeedback]] = [[] for _ in chats]
+
+        def revise(indices: list[int]) -> None:
+            contexts = [self.conversation.encode(self._conversation_context(chats[i], answers[i], parsed[i], raw[i]))
+                        for i in indices]
+            for i, turn in zip(indices, self.conversation.generate(contexts, sampling, batch, with_logprobs=False)):
+                answers[i].append(turn)
+
+        running = list(range(len(chats)))
+        revise(running)
+        for _ in range(self.rollout.max_feedback_rounds):
+            contexts = [
+                self.feedback.encode(
+                    feedback_messages(self.feedback.system_prompt, chats[i][-1]["content"], answers[i][-1].text)
+                )
+                for i in running
+            ]
+            turns = self.feedback.generate(contexts, self.rollout.feedback, batch, with_logprobs=False)
+            for i, turn in zip(running, turns):
+                raw[i].append(turn.text)
+                parsed[i].append(parse_feedback(turn.text))
+            # Only a valid verdict that flags a problem triggers a revision (invalid JSON -> stop).
+            running = [i for i in running if parsed[i][-1].triggers_revision]
+            if not running:
+                break
+            revise(running)
+        return [
+            Response(
+                final=own[-1].text,
+                responses=[t.text for t in own],
+                feedback_raw=raw[i],
+                parsed=parsed[i],
+                truncated=own[-1].truncated,
+                prompt_tokens=len(own[0].context_ids),
+                completion_tokens=len(own[-1].response_ids),
+            )
+            for i, own in enumerate(answers)
+        ]
+
+    def _conversation_context(
+        self, chat: list[Message], answers: list[Generation], parsed: list[ParsedFeedback], raw: list[str]
+    ) -> list[Message]:
+        """System prompt, earlier turns, the latest user message, then (c_t, feedback_t) pairs."""
+        feedbacks = [p.feedback if p.valid else r for p, r in zip(parsed, raw)]
+        messages = conversation_messages(
+            self.conversation.system_prompt,
+            chat[-1]["content"],
+            responses=[a.text for a in answers],
+            feedbacks=feedbacks,
+            feedback_role=self.rollout.feedback_role,
+            feedback_template=self.rollout.feedback_template,
+        )
+        head = 1 if self.conversation.system_prompt else 0
+        return messages[:head] + chat[:-1] + messages[head:]
+
+    def with_sampling(self, **changes) -> SamplingConfig:
+        """The conversation agent's sampling with ``changes`` applied (validated by SamplingConfig)."""
+        return replace(self.rollout.conversation, **changes)

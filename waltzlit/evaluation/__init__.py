@@ -1,0 +1,1 @@
+"""``python -m waltzlit evaluate``: the deployed system and the paper's baselines (Table 1)."""

@@ -1,0 +1,201 @@
+"""Loading an agent pair for evaluation and deployment: exported folders, checkpoints, configs.
+
+Three sources (see :class:`~waltzlit.evaluation.config.AgentsSource`):
+
+- an exported folder (``export_agents``): full Hugging Face models, or LoRA adapters put back on
+  their base with peft and merged (inference then costs what the base costs);
+- a fit config: the agents exactly as training builds them before RL (``WaltzModule.configure_model``,
+  so a tiny config's warm start and seeds are honoured) -- the "untrained" agents;
+- a config + a WaltzModule checkpoint: the same build, then the checkpoint's policy weights. The
+  checkpoint is read with ``torch.load(weights_only=True)``: no code from the file is run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import is_dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from waltzlit.agents.agent import Agent
+from waltzlit.agents.loading import load_causal_lm, load_tokenizer
+from waltzlit.config import AgentConfig, RolloutConfig
+from waltzlit.deploy.pipeline import TwoAgentSystem
+from waltzlit.evaluation.config import AgentsSource
+
+log = logging.getLogger(__name__)
+
+ROLES = ("conversation", "feedback")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_system(source: AgentsSource, rollout: RolloutConfig, device: str = "auto") -> TwoAgentSystem:
+    """Both agents of ``source`` on ``device``, wrapped as a deployed system with ``rollout``."""
+    if source.exported is not None:
+        agents = _exported_agents(Path(source.exported), source.config)
+    else:
+        config = source.config or str(find_run_config(Path(source.checkpoint)))
+        module = build_module(config)
+        if source.checkpoint is not None:
+            load_policy_weights(module, source.checkpoint)
+        agents = dict(module.agents)
+    target = resolve_device(device)
+    for agent in agents.values():
+        agent.model.to(target).eval()
+        agent.reference = None  # inference never needs the reference policy
+        agent.max_prompt_tokens = rollout.max_prompt_tokens
+    return TwoAgentSystem(agents["conversation"], agents["feedback"], rollout)
+
+
+# ----------------------------------------------------------------------------- configs and checkpoints
+def _parse_section(raw: dict, key: str, cls, skip: set[str] = frozenset()) -> dict:
+    """Keyword arguments of ``cls`` from section ``key`` of a fit YAML, checked by jsonargparse."""
+    from jsonargparse import ArgumentParser
+
+    section = {k: v for k, v in dict(raw.get(key) or {}).items() if k not in skip}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, key, skip=set(skip), instantiate=False)
+    return dict(vars(parser.instantiate(parser.parse_object({key: section}))[key]))
+
+
+def module_kwargs(config_path: str | Path) -> dict:
+    """WaltzModule keyword arguments (dataclasses) from a fit YAML's ``model`` section.
+
+    Parsed with the same jsonargparse machinery LightningCLI uses, so a bad key fails with its
+    name. The judge is dropped: agents do not need it, and constructing e.g. a WildGuard judge
+    from a run config would be wasted work.
+    """
+    from waltzlit.training.module import WaltzModule
+
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    if not raw.get("model"):
+        raise ValueError(f"{config_path}: no `model` section with the agents' configuration")
+    return _parse_section(raw, "model", WaltzModule, skip={"judge"})
+
+
+def training_records(config_path: str | Path):
+    """The training prompt pool of a fit YAML's ``data`` section (what a warm start trains on)."""
+    from waltzlit.data.datamodule import PromptDataModule
+
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    datamodule = PromptDataModule(**_parse_section(raw, "data", PromptDataModule))
+    datamodule.setup("fit")
+    return datamodule.train_records()
+
+
+def build_module(config_path: str | Path, lora: bool = True):
+    """A WaltzModule from a fit YAML with its agents built (no reference copies; ``lora=False``
+    builds the bare bases of LoRA agents, for exported adapters)."""
+    from waltzlit.training.module import WaltzModule
+
+    kwargs = module_kwargs(config_path)
+    if not lora:
+        kwargs = {k: replace(v, lora=None) if isinstance(v, AgentConfig) else v for k, v in kwargs.items()}
+    module = WaltzModule(**kwargs)
+    # kl_coef only decides whether frozen reference copies are made; inference needs none.
+    module.algorithm = replace(module.algorithm, kl_coef=0.0)
+    if any(isinstance(v, AgentConfig) and v.warm_start is not None for v in kwargs.values()):
+        # Training warm-starts on the datamodule's pool; without a trainer the module would fall
+        # back to the built-in prompts and build a different initial policy. Give it the same pool.
+        records = training_records(config_path)
+        module._warm_start_records = lambda: records
+    module.configure_model()
+    return module
+
+
+def find_run_config(checkpoint: Path) -> Path:
+    """The ``config.yaml`` LightningCLI saved in the run folder (``<run>/checkpoints/last.ckpt``)."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    raise FileNotFoundError(f"no config.yaml beside or above {checkpoint}; set `config` to the run's fit YAML")
+
+
+def _checkpoint_globals() -> list[type]:
+    """The dataclasses a WaltzModule checkpoint's hyper-parameters hold, allowed for weights_only."""
+    import waltzlit.config as config_module
+    from waltzlit.data.sources import PromptSourceConfig
+
+    classes = [v for v in vars(config_module).values() if isinstance(v, type) and is_dataclass(v)]
+    return [*classes, PromptSourceConfig]
+
+
+def read_checkpoint_state(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's ``state_dict``, loaded with ``weights_only=True`` (our config dataclasses,
+    stored as hyper-parameters, are the only classes allowed besides tensors and primitives)."""
+    with torch.serialization.safe_globals(_checkpoint_globals()):
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "state_dict" not in payload:
+        raise ValueError(f"{checkpoint}: not a Lightning checkpoint (no state_dict)")
+    return payload["state_dict"]
+
+
+def load_policy_weights(module, checkpoint: str | Path) -> None:
+    """Copy the checkpoint's ``policies.*`` weights into ``module`` (strict: every key must match)."""
+    state = read_checkpoint_state(checkpoint)
+    policies = {k[len("policies.") :]: v for k, v in state.items() if k.startswith("policies.")}
+    if not policies:
+        raise ValueError(f"{checkpoint}: no policies.* weights; was it written by WaltzModule?")
+    module.policies.load_state_dict(policies, strict=True)
+    log.info("loaded %d policy tensors from %s", len(policies), checkpoint)
+
+
+# ----------------------------------------------------------------------------- exported folders
+def exported_root(path: Path) -> Path:
+    """The folder holding ``conversation/`` and ``feedback/``: ``path`` itself or ``path/agents``."""
+    for candidate in (path, path / "agents"):
+        if all((candidate / role).is_dir() for role in ROLES):
+            return candidate
+    raise FileNotFoundError(f"{path}: expected conversation/ and feedback/ folders (from export_agents)")
+
+
+def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
+    root = exported_root(path)
+    bases: dict[str, nn.Module] | None = None
+    agents = {}
+    for role in ROLES:
+        folder = root / role
+        tokenizer = load_tokenizer(AgentConfig(model=str(folder)))
+        if (folder / "adapter_config.json").is_file():
+            if bases is None and config is not None:
+                bases = {r: a.model for r, a in build_module(config, lora=False).agents.items()}
+            model = load_adapter(folder, bases[role] if bases else None, tokenizer)
+        else:
+            model = load_causal_lm(AgentConfig(model=str(folder), dtype=_saved_dtype(folder)), tokenizer)
+        prompt_file = folder / "system_prompt.txt"
+        if not prompt_file.is_file():
+            raise FileNotFoundError(f"{prompt_file} is missing; export_agents writes it next to the weights")
+        agents[role] = Agent(role, model, tokenizer, prompt_file.read_text(), reference=None)
+    return agents
+
+
+def _saved_dtype(folder: Path) -> str:
+    """The dtype the model was saved in (config.json), as an AgentConfig dtype name."""
+    saved = json.loads((folder / "config.json").read_text())
+    name = str(saved.get("dtype") or saved.get("torch_dtype") or "float32")
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def load_adapter(folder: Path, base: nn.Module | None, tokenizer) -> nn.Module:
+    """A LoRA adapter folder on its base, merged. ``base`` None loads the adapter's recorded base."""
+    from peft import PeftModel
+
+    if base is None:
+        recorded = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not recorded:
+            raise ValueError(
+                f"{folder} is a LoRA adapter of a randomly initialised base; set `config` to the run's fit "
+                "YAML so the base can be rebuilt, or export with merge_lora"
+            )
+        base = load_causal_lm(AgentConfig(model=recorded), tokenizer)
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval()

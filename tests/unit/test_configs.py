@@ -59,3 +59,11 @@ def test_bad_config_names_the_key(override, expected, capsys):
         _cli("--config", str(REPO_ROOT / "conf/tiny.yaml"), override)
     message = str(info.value) + capsys.readouterr().err
     assert expected in message, message
+
+
+@pytest.mark.parametrize("override", sorted((REPO_ROOT / "conf/memory").glob("*.yaml")), ids=lambda p: p.name)
+def test_memory_mode_composes_over_the_paper_recipe(override):
+    cli = _cli("--config", str(REPO_ROOT / "conf/waltz.yaml"), "--config", str(override))
+    assert cli.model.memory_mode == "shared_base"
+    assert cli.model.agent_configs["feedback"].load_in_4bit
+    assert cli.model.agent_configs["feedback"].model == "meta-llama/Llama-3.1-8B-Instruct"

@@ -33,6 +33,8 @@ class Agent:
         reference: a frozen copy of the initial policy, or None when the reference is ``model``
             with its LoRA adapters disabled (one copy of the base weights serves both).
         max_prompt_tokens: contexts longer than this keep their last tokens.
+        adapter_name: the agent's LoRA adapter when several agents share one base model; it is
+            made active before every use of ``model``.
     """
 
     role: str
@@ -41,10 +43,25 @@ class Agent:
     system_prompt: str
     reference: nn.Module | None
     max_prompt_tokens: int = 4096
+    adapter_name: str | None = None
 
     @property
     def uses_lora(self) -> bool:
         return hasattr(self.model, "disable_adapter")
+
+    def activate(self) -> None:
+        """Make this agent's adapter the active one on a shared base (no-op otherwise)."""
+        if self.adapter_name is not None and self.model.active_adapter != self.adapter_name:
+            self.model.set_adapter(self.adapter_name)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters this agent's optimizer updates: its own adapter's on a shared base
+        (peft flips ``requires_grad`` when switching adapters, so names decide), else those
+        requiring gradients."""
+        if self.adapter_name is not None:
+            tag = f".{self.adapter_name}."
+            return [p for n, p in self.model.named_parameters() if tag in n and "lora_" in n]
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     @property
     def device(self) -> torch.device:
@@ -61,10 +78,12 @@ class Agent:
         self, contexts: list[torch.Tensor], sampling: SamplingConfig, batch_size: int, with_logprobs: bool = True
     ) -> list[Generation]:
         """Sample one turn per context, in micro-batches of ``batch_size``."""
+        self.activate()
         return generate_turns(self.model, self.tokenizer, contexts, sampling, batch_size, with_logprobs)
 
     def policy_logprobs(self, batch: AgentBatch, with_entropy: bool = False):
         """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``)."""
+        self.activate()
         return response_logprobs(self.model, batch, with_entropy=with_entropy)
 
     @torch.no_grad()

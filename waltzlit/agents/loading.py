@@ -3,6 +3,7 @@ randomly initialised configs, with optional LoRA adapters (peft)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -41,7 +42,9 @@ def load_tokenizer(cfg: AgentConfig) -> PreTrainedTokenizerBase:
 def load_causal_lm(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
     """The agent's causal LM, from ``cfg.model`` (hub id or path) or ``cfg.model_config`` (random init)."""
     dtype = DTYPES[cfg.dtype]
-    if cfg.model is not None:
+    if cfg.load_in_4bit:
+        model = _load_4bit(cfg, tokenizer, dtype)
+    elif cfg.model is not None:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     else:
         kwargs = dict(cfg.model_config)
@@ -61,8 +64,32 @@ def load_causal_lm(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase) -> nn.M
     return model
 
 
-def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Wrap ``model`` in peft LoRA adapters; only the adapter weights stay trainable."""
+def _load_4bit(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> nn.Module:
+    """The base in 4-bit NF4 (bitsandbytes, imported only here), for QLoRA.
+
+    A randomly initialised base goes through a temporary folder so that it is quantized by the very
+    ``from_pretrained`` path a real checkpoint takes.
+    """
+    import tempfile
+
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+    if cfg.model is not None:
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.model, dtype=dtype, quantization_config=quantization, trust_remote_code=cfg.trust_remote_code
+        )
+    full = load_causal_lm(dataclasses.replace(cfg, load_in_4bit=False, gradient_checkpointing=False), tokenizer)
+    with tempfile.TemporaryDirectory() as folder:
+        full.save_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, quantization_config=quantization)
+
+
+def add_lora(model: nn.Module, cfg: LoRAConfig, adapter_name: str = "default") -> nn.Module:
+    """Wrap ``model`` in peft LoRA adapters (only adapter weights stay trainable); on a model that is
+    already a peft model, add another adapter named ``adapter_name`` beside the existing ones."""
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
@@ -72,7 +99,10 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
+    if hasattr(model, "add_adapter") and hasattr(model, "peft_config"):
+        model.add_adapter(adapter_name, peft_config)
+        return model
+    return get_peft_model(model, peft_config, adapter_name=adapter_name)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

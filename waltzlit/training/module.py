@@ -18,8 +18,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from waltzlit.agents.agent import Agent
-from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
-from waltzlit.agents.prompts import default_system_prompt
+from waltzlit.agents.build import MEMORY_MODES, ROLES, build_agents
 from waltzlit.config import AgentConfig, AlgorithmConfig, RewardConfig, RolloutConfig, ScheduleConfig
 from waltzlit.judges.base import Judge
 from waltzlit.metrics.safety import SafetyRates
@@ -31,8 +30,6 @@ from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import PromptRecord
 
 log = logging.getLogger(__name__)
-
-ROLES = ("conversation", "feedback")
 
 
 class WaltzModule(LightningModule):
@@ -46,6 +43,8 @@ class WaltzModule(LightningModule):
         reward: the feedback reward (eq. 2) coefficients.
         algorithm: advantage estimator, KL and clipped loss of both agents.
         schedule: RL steps and the stage switch.
+        memory_mode: "separate" (two models, the paper) or "shared_base" (one frozen base with one
+            LoRA adapter per agent; the base with adapters disabled is both references).
         seed: seed of the per-step sample choices (A/B, feedback round).
     """
 
@@ -58,6 +57,7 @@ class WaltzModule(LightningModule):
         reward: RewardConfig | None = None,
         algorithm: AlgorithmConfig | None = None,
         schedule: ScheduleConfig | None = None,
+        memory_mode: str = "separate",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -73,6 +73,13 @@ class WaltzModule(LightningModule):
         self.reward_cfg = reward or RewardConfig()
         self.algorithm = algorithm or AlgorithmConfig()
         self.schedule = schedule or ScheduleConfig()
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(f"model.memory_mode: unknown {memory_mode!r}; allowed values: {', '.join(MEMORY_MODES)}")
+        if memory_mode == "shared_base":
+            from waltzlit.agents.build import check_shared_base
+
+            check_shared_base(self.agent_configs)
+        self.memory_mode = memory_mode
         self.seed = seed
         self.rl_step = 0
         self.agents: dict[str, Agent] = {}
@@ -85,30 +92,14 @@ class WaltzModule(LightningModule):
     def configure_model(self) -> None:
         if self.policies is not None:
             return
-        policies, references = {}, {}
-        for role in ROLES:
-            cfg = self.agent_configs[role]
-            tokenizer = load_tokenizer(cfg)
-            model = load_causal_lm(cfg, tokenizer)
-            system_prompt = cfg.system_prompt if cfg.system_prompt is not None else default_system_prompt(role)
-            if cfg.warm_start is not None:
-                from waltzlit.agents.tiny import warm_start
-
-                warm_start(model, tokenizer, role, system_prompt, self._warm_start_records(), cfg.warm_start)
-            reference = None
-            if cfg.lora is not None:
-                model = add_lora(model, cfg.lora)
-            elif self.algorithm.kl_coef > 0:
-                reference = frozen_copy(model)
-                references[role] = reference
-            policies[role] = model
-            trainable, total = count_parameters(model)
-            log.info("%s agent: %d trainable of %d parameters", role, trainable, total)
-            self.agents[role] = Agent(
-                role, model, tokenizer, system_prompt, reference, max_prompt_tokens=self.rollout_cfg.max_prompt_tokens
-            )
-        self.policies = nn.ModuleDict(policies)
-        self.references = nn.ModuleDict(references)
+        built = build_agents(
+            self.agent_configs,
+            self.memory_mode,
+            needs_reference=self.algorithm.kl_coef > 0,
+            max_prompt_tokens=self.rollout_cfg.max_prompt_tokens,
+            warm_start_records=self._warm_start_records,
+        )
+        self.agents, self.policies, self.references = built.agents, built.policies, built.references
 
     def _warm_start_records(self) -> list[PromptRecord]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -122,7 +113,7 @@ class WaltzModule(LightningModule):
         optimizers = []
         for role in ROLES:
             cfg = self.agent_configs[role]
-            params = [p for p in self.policies[role].parameters() if p.requires_grad]
+            params = self.agents[role].trainable_parameters()
             optimizers.append(torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
         return optimizers
 
@@ -188,7 +179,7 @@ class WaltzModule(LightningModule):
     def _update(self, role: str, agent_batch, optimizer):
         agent, cfg = self.agents[role], self.agent_configs[role]
         agent_batch, advantages, kl = prepare_batch(agent, agent_batch, self.algorithm)
-        params = [p for p in agent.model.parameters() if p.requires_grad]
+        params = agent.trainable_parameters()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
 
         def clip() -> float:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import warnings
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from waltzlit.data.datamodule import PromptDataModule
 from waltzlit.training.export import AgentExport
+from waltzlit.training.fault_tolerance import WaltzCheckpoint
 from waltzlit.training.module import WaltzModule
 
 TRAINER_DEFAULTS = {
@@ -30,11 +30,12 @@ TRAINER_DEFAULTS = {
 
 class WaltzCLI(LightningCLI):
     """LightningCLI with two always-on callbacks, each configurable under its own section:
-    ``checkpoint:`` (a ModelCheckpoint that keeps ``last.ckpt`` for resuming) and ``export:``
-    (the agents in Hugging Face format when training ends)."""
+    ``checkpoint:`` (a ModelCheckpoint that writes ``last.ckpt`` atomically after every
+    ``every_n_rl_steps`` RL steps and on SIGTERM, for resuming) and ``export:`` (the agents in
+    Hugging Face format when training ends)."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(WaltzCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(AgentExport, "export")
 

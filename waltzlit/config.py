@@ -7,7 +7,8 @@ the paper leaves open are marked UNCONFIRMED with the default taken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 
@@ -127,6 +128,7 @@ class SamplingConfig:
         _check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
         _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables), got {self.top_k}")
 
 
 @dataclass
@@ -160,6 +162,8 @@ class RolloutConfig:
         _check(0.0 <= self.sample_b_probability <= 1.0, "sample_b_probability", "must be in [0, 1]")
         _check(self.generation_batch_size > 0, "generation_batch_size", "must be > 0")
         _check(self.max_prompt_tokens > 0, "max_prompt_tokens", "must be > 0")
+        until = self.stop_on_invalid_json_until
+        _check(until is None or until >= 0, "stop_on_invalid_json_until", f"must be >= 0 or null, got {until}")
 
 
 @dataclass
@@ -179,40 +183,144 @@ class RewardConfig:
     improvement: Literal["dir", "next_outcome"] = "dir"
     """"dir": R_c(c_{t+1}) - R_c(c_t) (eq. 3). "next_outcome": R_c(c_{t+1}) alone (Table 6 ablation)."""
 
+    def __post_init__(self) -> None:
+        # Eq. 2 weights: a negative weight rewards the opposite of what its term measures.
+        for key in ("alpha", "label_weight_stage1", "label_weight_stage2", "gamma"):
+            value = getattr(self, key)
+            _check(value >= 0 and value != float("inf"), f"reward.{key}", f"must be a finite number >= 0, got {value}")
+
+
+AGENT_ROLES = ("conversation", "feedback")
+
+_SHARED_ALGORITHM_KEYS = ("samples_per_prompt", "feedback_samples_per_response", "agent_overrides")
+"""Keys that shape the shared rollout, so they cannot differ between the agents."""
+
 
 @dataclass
 class AlgorithmConfig:
-    """Per-agent policy-gradient update (paper §2.3, eq. 4: REINFORCE++ with PPO clipping)."""
+    """Per-agent policy-gradient update (paper §2.3, eq. 4: REINFORCE++ with PPO clipping).
+
+    The defaults are the paper's: REINFORCE++, k1 KL folded into the reward with beta 0.01, PPO
+    clipping at 0.2, one sample per prompt, one optimizer step per rollout batch. GRPO, Dr.GRPO,
+    RLOO, REINFORCE++-baseline and PPO with a critic (GAE) are ablations (``conf/ablations/``).
+    ``agent_overrides`` changes any other key for one agent only.
+    """
 
     advantage_estimator: str = "reinforce_plus_plus"
-    """Name in ``waltzlit.algorithms.ADVANTAGE_ESTIMATORS``."""
+    """Name in ``waltzlit.algorithms.ADVANTAGE_ESTIMATORS``: reinforce_plus_plus,
+    reinforce_plus_plus_baseline, grpo, dr_grpo, rloo, or gae (PPO: adds a critic per agent)."""
     policy_loss: str = "ppo_clip"
     """Name in ``waltzlit.algorithms.POLICY_LOSSES``."""
     kl_coef: float = 0.01
     """beta, the KL-to-reference coefficient (App. B.2: 0.01); 0 skips the reference forward."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    """Per-token KL estimator folded into the reward (REINFORCE++: k1)."""
+    """Per-token KL estimator (REINFORCE++: k1 in the reward; GRPO-style: k3 in the loss)."""
+    kl_placement: Literal["reward", "loss"] = "reward"
+    """"reward": -beta*KL(pi_old || ref) enters the reward (per token for REINFORCE++ and GAE, as a
+    sequence sum for GRPO/Dr.GRPO/RLOO, as verl does). "loss": beta * agg(KL(pi || ref)) is added
+    to the policy loss with gradient, aggregated like the policy loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: loss -= coef * agg(token entropy) (verl, OpenRLHF; paper: none)."""
     clip_eps: float = 0.2
     """PPO ratio clip epsilon."""
-    loss_aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
-    """How per-token losses reduce to a scalar (eq. 4: each sequence's token mean, then the batch mean)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1: for negative advantages the loss is capped at -c*A (OpenRLHF)."""
+    loss_aggregation: Literal[
+        "seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+    ] = "seq-mean-token-mean"
+    """How per-token losses reduce to a scalar (eq. 4: each sequence's token mean, then the batch
+    mean). Denominators are counts over the whole mini-batch (and all ranks), so micro-batching
+    and the device count do not change the gradient."""
+    loss_scale_tokens: int | None = None
+    """Constant L of "seq-mean-token-sum-norm" (Dr.GRPO: sum / (sequences * L)); None takes the
+    agent's ``rollout.<agent>.max_new_tokens``."""
+    samples_per_prompt: int = 1
+    """n: each prompt is rolled out n times, and the conversation agent's group is the prompt. The
+    data batch stays ``data.batch_size`` prompts; the rollout has n times as many episodes."""
+    feedback_samples_per_response: int = 1
+    """m: the feedback agent writes m feedbacks on each first response c0, each followed by its own
+    revision and DIR; its group is then (prompt, c0), a per-response DIR baseline the paper does not
+    use. With m = 1 the feedback agent's group is the prompt (n feedbacks on n different c0)."""
     update_epochs: int = 1
     """Passes over each rollout batch (UNCONFIRMED: 1)."""
+    mini_batch_size: int | None = None
+    """Samples per optimizer step; None makes the whole rollout batch one mini-batch (the paper)."""
     micro_batch_size: int = 8
-    """Sequences per forward/backward; gradients accumulate to one optimizer step per epoch."""
+    """Sequences per forward/backward; gradients accumulate over a mini-batch's micro-batches."""
     recompute_old_logprobs: bool = True
     """Recompute log pi_old with a forward pass on the exact sampled tokens; False reuses the
     generation log-probs (saves a forward; exact only with identical numerics)."""
+    gae_gamma: float = 1.0
+    """GAE discount (gae only; verl, OpenRLHF, TRL: 1.0)."""
+    gae_lambda: float = 0.95
+    """GAE lambda (gae only; TRL, NeMo-RL, torchtune: 0.95)."""
+    value_clip: float | None = 0.5
+    """Critic value clip: v_old +- this (verl, OpenRLHF: 0.5); None disables."""
+    value_loss_coef: float = 1.0
+    """Weight of the critic loss 0.5*agg(max(...)) (its own optimizer: only clipping sees it)."""
+    critic_lr: float = 1e-5
+    """AdamW learning rate of the critics (verl: 1e-5); betas and weight decay are the agent's."""
+    agent_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-agent values of any other key, e.g. ``{feedback: {kl_placement: loss, kl_estimator: k3}}``."""
 
     def __post_init__(self) -> None:
+        from waltzlit.algorithms.advantages import GROUP_ESTIMATORS
+        from waltzlit.algorithms.kl import KL_ESTIMATORS
+        from waltzlit.algorithms.policy_losses import AGGREGATIONS
         from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
         ADVANTAGE_ESTIMATORS.check(self.advantage_estimator, "algorithm.advantage_estimator")
         POLICY_LOSSES.check(self.policy_loss, "algorithm.policy_loss")
         _check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
+        _check(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"allowed values: {', '.join(KL_ESTIMATORS)}")
+        _check(self.kl_placement in ("reward", "loss"), "kl_placement", "allowed values: reward, loss")
+        _check(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         _check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
+        _check(self.dual_clip is None or self.dual_clip > 1, "dual_clip", f"must be > 1 or null, got {self.dual_clip}")
+        _check(self.loss_aggregation in AGGREGATIONS, "loss_aggregation", f"allowed values: {', '.join(AGGREGATIONS)}")
+        _check(self.loss_scale_tokens is None or self.loss_scale_tokens >= 1, "loss_scale_tokens", "must be >= 1")
+        _check(self.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
+        _check(self.feedback_samples_per_response >= 1, "feedback_samples_per_response", "must be >= 1")
+        _check(
+            self.advantage_estimator not in GROUP_ESTIMATORS or self.samples_per_prompt >= 2,
+            "samples_per_prompt",
+            f"advantage_estimator {self.advantage_estimator!r} compares samples of the same prompt; "
+            f"set samples_per_prompt >= 2 (got {self.samples_per_prompt})",
+        )
         _check(self.update_epochs >= 1, "update_epochs", "must be >= 1")
+        _check(self.mini_batch_size is None or self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1 or null")
         _check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        _check(0 <= self.gae_gamma <= 1, "gae_gamma", f"must be in [0, 1], got {self.gae_gamma}")
+        _check(0 <= self.gae_lambda <= 1, "gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
+        _check(self.value_clip is None or self.value_clip > 0, "value_clip", "must be > 0 or null")
+        _check(self.value_loss_coef > 0, "value_loss_coef", f"must be > 0, got {self.value_loss_coef}")
+        _check(self.critic_lr > 0, "critic_lr", f"must be > 0, got {self.critic_lr}")
+        if self.kl_coef > 0 and (self.kl_estimator == "k1") != (self.kl_placement == "reward"):
+            # The unbiased-gradient combinations are k1 in the reward, k2 (or k3) in the loss (peers §2.1).
+            warnings.warn(
+                f"algorithm: kl_estimator {self.kl_estimator!r} with kl_placement {self.kl_placement!r}; the usual "
+                "choices are k1 in the reward or k2/k3 in the loss",
+                stacklevel=2,
+            )
+        for role, overrides in self.agent_overrides.items():
+            _check(role in AGENT_ROLES, "agent_overrides", f"unknown agent {role!r}; allowed: {', '.join(AGENT_ROLES)}")
+            allowed = {f.name for f in fields(self)} - set(_SHARED_ALGORITHM_KEYS)
+            bad = sorted(set(overrides) - allowed)
+            _check(not bad, f"agent_overrides.{role}", f"cannot override {bad} per agent")
+            try:
+                self.for_agent(role)
+            except ValueError as error:
+                raise ValueError(f"agent_overrides.{role}.{error}") from None
+
+    def for_agent(self, role: str) -> AlgorithmConfig:
+        """The settings of one agent: this config with ``agent_overrides[role]`` applied."""
+        overrides = self.agent_overrides.get(role)
+        return replace(self, agent_overrides={}, **overrides) if overrides else self
+
+    @property
+    def uses_critic(self) -> bool:
+        """PPO with GAE: the agent needs a value model."""
+        return self.advantage_estimator == "gae"
 
 
 @dataclass
@@ -232,6 +340,8 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         _check(self.total_rl_steps >= 1, "total_rl_steps", "must be >= 1")
         _check(self.stage1_steps >= 0, "stage1_steps", "must be >= 0")
+        _check(self.log_transcripts_every >= 0, "log_transcripts_every", "must be >= 0 (0 disables)")
+        _check(self.num_transcripts >= 0, "num_transcripts", "must be >= 0")
 
     def stage_at(self, rl_step: int) -> int:
         """The stage (1 or 2) that RL step ``rl_step`` (0-based) belongs to."""

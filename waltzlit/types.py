@@ -149,6 +149,8 @@ class AgentBatch:
         old_logprobs: ``[B, T]`` log pi_old, filled before the update (recomputed or generation).
         ref_logprobs: ``[B, T]`` log pi_ref, filled before the update when beta > 0.
         group_ids: ``[B]`` index of the prompt each sample came from (group baselines).
+        old_values: ``[B, T]`` critic values of pi_old's states, filled before a PPO (gae) update.
+        returns: ``[B, T]`` the critic's targets, filled with ``old_values``.
     """
 
     input_ids: torch.Tensor
@@ -159,6 +161,8 @@ class AgentBatch:
     group_ids: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @property
     def context_width(self) -> int:
@@ -179,6 +183,8 @@ class AgentBatch:
             group_ids=self.group_ids[index],
             old_logprobs=pick(self.old_logprobs),
             ref_logprobs=pick(self.ref_logprobs),
+            old_values=pick(self.old_values),
+            returns=pick(self.returns),
         )
 
 

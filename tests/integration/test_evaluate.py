@@ -101,7 +101,7 @@ def test_cli_runs_the_tiny_yaml_on_exported_agents_and_shared_data(tmp_path, mon
     code = main([
         "evaluate", "--config", "conf/eval/tiny.yaml",
         "--base.config=null", f"--base.exported={tmp_path / 'agents'}",
-        "--trained.checkpoint=null", f"--trained.exported={tmp_path}",  # a run folder holding agents/
+        f"--trained.exported={tmp_path}",  # a run folder holding agents/
         f"--eval_sets={json.dumps(sets)}",
         "--rollout.conversation.max_new_tokens=4", "--rollout.feedback.max_new_tokens=4",
         f"--output_dir={tmp_path / 'out'}", "--progress=false", "--device=cpu",

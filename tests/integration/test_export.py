@@ -25,10 +25,17 @@ def logits(model) -> torch.Tensor:
         return model(input_ids=IDS).logits
 
 
-def write_fit_config(path, lora: bool) -> str:
+def agent_logits(agent) -> torch.Tensor:
+    agent.activate()  # on a shared base, switch to the agent's own adapter
+    return logits(agent.model)
+
+
+def write_fit_config(path, lora: bool, shared_base: bool = False) -> str:
     agent = {**TINY_AGENT, **({"lora": {"r": 4, "alpha": 8}} if lora else {})}
-    model = {"conversation": {**agent, "seed": 0}, "feedback": {**agent, "seed": 1},
+    model = {"conversation": {**agent, "seed": 0}, "feedback": {**agent, "seed": 0 if shared_base else 1},
              "judge": {"class_path": "waltzlit.judges.RuleJudge"}}
+    if shared_base:
+        model["memory_mode"] = "shared_base"
     path.write_text(yaml.safe_dump({"model": model, "trainer": {"max_epochs": 1}}))
     return str(path)
 
@@ -63,7 +70,7 @@ def test_lora_adapter_and_merged_exports(tmp_path):
     config = write_fit_config(tmp_path / "fit.yaml", lora=True)
     module = build_module(config)
     perturb_lora(module)
-    expected = {role: logits(agent.model) for role, agent in module.agents.items()}
+    expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
 
     adapters = export_agents(module, tmp_path / "adapters")
     assert (adapters["conversation"] / "adapter_config.json").is_file()
@@ -94,8 +101,35 @@ def test_checkpoint_with_run_config(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"seed": 0}}, ckpt)
+    # The prompt the run exported wins over a changed built-in default.
+    (tmp_path / "agents" / "feedback").mkdir(parents=True)
+    (tmp_path / "agents" / "feedback" / "system_prompt.txt").write_text("the prompt it was trained with")
     # config.yaml is found one folder above the checkpoint, as LightningCLI lays a run out.
     system = load_system(AgentsSource(checkpoint=str(ckpt)), RolloutConfig(), device="cpu")
     assert torch.equal(logits(system.feedback.model), expected)
+    assert system.feedback.system_prompt == "the prompt it was trained with"
+    assert system.conversation.system_prompt == module.agents["conversation"].system_prompt
     untrained = load_system(AgentsSource(config=config), RolloutConfig(), device="cpu")
     assert not torch.equal(logits(untrained.feedback.model), expected)
+
+
+def test_shared_base_exports_one_adapter_per_agent(tmp_path):
+    from peft import PeftModel
+
+    config = write_fit_config(tmp_path / "fit.yaml", lora=True, shared_base=True)
+    module = build_module(config)
+    perturb_lora(module)
+    expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
+    assert not torch.equal(expected["conversation"], expected["feedback"])
+
+    adapters = export_agents(module, tmp_path / "adapters")
+    merged = export_agents(module, tmp_path / "merged", merge_lora=True)
+    bases = build_module(config, lora=False).agents
+    for role in expected:
+        assert (adapters[role] / "adapter_model.safetensors").is_file()
+        reloaded = PeftModel.from_pretrained(bases[role].model, str(adapters[role]))
+        torch.testing.assert_close(logits(reloaded), expected[role], rtol=0, atol=1e-6)
+        torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged[role])), expected[role],
+                                   rtol=0, atol=1e-5)
+    system = load_system(AgentsSource(exported=str(tmp_path / "adapters"), config=config), RolloutConfig(), "cpu")
+    torch.testing.assert_close(logits(system.feedback.model), expected["feedback"], rtol=0, atol=1e-5)

@@ -9,7 +9,7 @@ from waltzlit.algorithms.advantages import AdvantageInputs, AdvantageOutput
 from waltzlit.algorithms.masked_ops import masked_whiten
 from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS
 
-ALL = ("reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo", "rloo")
+ALL = ("reinforce_plus_plus", "reinforce_plus_plus_baseline", "grpo", "dr_grpo", "rloo")
 
 
 def make(rewards, kl, mask, kl_coef=0.0, group_ids=None) -> AdvantageInputs:
@@ -105,8 +105,8 @@ def test_reinforce_pp_baseline_subtracts_group_mean():
 def test_grpo_group_normalised_with_unbiased_std():
     # group 7: R [1, 0, 0], mean 1/3, unbiased std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3) = 0.577350
     # A = [(2/3) / 0.577350, (-1/3) / 0.577350, same] = [1.154700, -0.577350, -0.577350]
-    # group 3 is a singleton -> 0. KL is ignored (beta and kl are nonzero here).
-    inputs = make([1.0, 0.0, 0.0, 1.0], [[0.5, 0.5]] * 4, [[1, 1], [1, 0], [1, 1], [1, 1]], kl_coef=1.0,
+    # group 3 is a singleton -> 0. beta = 0 (KL in the loss): the kl values play no part.
+    inputs = make([1.0, 0.0, 0.0, 1.0], [[0.5, 0.5]] * 4, [[1, 1], [1, 0], [1, 1], [1, 1]], kl_coef=0.0,
                   group_ids=[7, 7, 7, 3])
     out = run("grpo", inputs)
     s = math.sqrt(1 / 3) + 1e-6
@@ -149,8 +149,8 @@ def test_reinforce_pp_equals_whiten_of_closed_form_on_random_batch():
 
 def test_registry_lists_builtins_and_rejects_unknown_names():
     assert set(ALL) <= set(ADVANTAGE_ESTIMATORS.names())
-    with pytest.raises(ValueError, match="allowed values: .*grpo.*reinforce_plus_plus.*rloo"):
-        ADVANTAGE_ESTIMATORS["gae"]
+    with pytest.raises(ValueError, match="allowed values: dr_grpo, gae, grpo, reinforce_plus_plus, .*rloo"):
+        ADVANTAGE_ESTIMATORS["ppo_magic"]
 
 
 def test_inputs_reject_mismatched_shapes():

@@ -41,6 +41,14 @@ def test_batches_follow_the_rl_step_and_stage():
     stage1 = {r.prompt for r in dm.stage_pools[1]}
     assert all(r.prompt in stage1 for b in uninterrupted[:3] for r in b)
     assert all(r.prompt not in stage1 for b in uninterrupted[3:] for r in b)
+    # Two data-parallel ranks split every global batch between them, disjointly.
+    from waltzlit.data.datamodule import StagePromptStream
+
+    schedule = (lambda: 0, lambda s: 1 if s < stage1_steps else 2, lambda st: 0 if st == 1 else stage1_steps)
+    ranks = [next(iter(StagePromptStream(dm.stage_pools, 4, dm.seed, *schedule, rank=r, world_size=2))) for r in (0, 1)]
+    assert sorted(r.prompt for part in ranks for r in part) == sorted(r.prompt for r in uninterrupted[0])
+    with pytest.raises(ValueError, match="data.batch_size"):
+        StagePromptStream(dm.stage_pools, 5, dm.seed, *schedule, rank=0, world_size=2)
     # Resuming at step 4 yields exactly what the uninterrupted run saw at step 4.
     dm.bind_schedule(lambda: 4, lambda s: 1 if s < stage1_steps else 2, lambda st: 0 if st == 1 else stage1_steps)
     resumed = iter(dm.train_dataloader())

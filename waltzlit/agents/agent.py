@@ -81,10 +81,11 @@ class Agent:
         self.activate()
         return generate_turns(self.model, self.tokenizer, contexts, sampling, batch_size, with_logprobs)
 
-    def policy_logprobs(self, batch: AgentBatch, with_entropy: bool = False):
-        """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``)."""
+    def policy_logprobs(self, batch: AgentBatch, with_entropy: bool = False, entropy_grad: bool = False):
+        """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``,
+        with gradient when ``entropy_grad``)."""
         self.activate()
-        return response_logprobs(self.model, batch, with_entropy=with_entropy)
+        return response_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: AgentBatch) -> torch.Tensor:

@@ -15,9 +15,12 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logprobs(
-    model: nn.Module, batch: AgentBatch, with_entropy: bool = False
+    model: nn.Module, batch: AgentBatch, with_entropy: bool = False, entropy_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_j | x, y_<j) for every response token, ``[B, T]``, and optionally token entropies.
+
+    The entropies are detached unless ``entropy_grad`` (an entropy bonus in the loss): their graph
+    holds another ``[B, T, V]`` tensor.
 
     Only the last ``T + 1`` positions go through the vocabulary projection (``logits_to_keep``):
     the context's logits are never needed, and the projection dominates memory for large vocabularies.
@@ -39,6 +42,6 @@ def response_logprobs(
     token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(log_probs.exp() * log_probs).sum(-1)
     return token_logprobs, entropy

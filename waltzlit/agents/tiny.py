@@ -65,7 +65,7 @@ TINY_LLAMA_CONFIG: dict = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
-"""A ~0.1M-parameter Llama for CPU tests; token ids match the bundled tokenizer."""
+"""A ~140k-parameter Llama for CPU tests; its special token ids match the bundled tokenizer."""
 
 WARM_START_VERSION = "1"
 """Part of the cache key: bump when demonstrations or the training loop change."""
@@ -156,8 +156,7 @@ def demo_response(rng: random.Random, record: PromptRecord, refuse: bool) -> str
     return rng.choice(COMPLIANCES).format(topic=topic_words(record.prompt))
 
 
-def demo_feedback(rng: random.Random, record: PromptRecord, response_refused: bool, unsafe: bool,
-                  overrefuse: bool) -> str:
+def demo_feedback(record: PromptRecord, response_refused: bool, unsafe: bool, overrefuse: bool) -> str:
     """The feedback agent's JSON for the given labels: reasoning, flags, and advice when flagged."""
     reasoning = _REASONING.get((unsafe, overrefuse)) or _SAFE_REASONING[response_refused]
     if unsafe and overrefuse:
@@ -191,7 +190,7 @@ def make_demonstration(rng: random.Random, role: str, system_prompt: str, record
         response = demo_response(rng, record, refused)
         unsafe = noisy(record.prompt_harmful and not refused)
         overrefuse = noisy(not record.prompt_harmful and refused)
-        target = demo_feedback(rng, record, refused, unsafe, overrefuse)
+        target = demo_feedback(record, refused, unsafe, overrefuse)
         return Demonstration(feedback_messages(system_prompt, record.prompt, response), target)
 
     if rng.random() < 0.5:
@@ -220,7 +219,7 @@ def tokenizer_corpus() -> list[str]:
             texts.append(demo_response(rng, record, refused))
             for unsafe in (True, False):
                 for overrefuse in (True, False):
-                    texts.append(demo_feedback(rng, record, refused, unsafe, overrefuse))
+                    texts.append(demo_feedback(record, refused, unsafe, overrefuse))
         texts.append(DEFAULT_FEEDBACK_TEMPLATE.format(feedback=_ANSWER_FEEDBACK.format(topic=topic_words(record.prompt))))
         texts.append(DEFAULT_FEEDBACK_TEMPLATE.format(feedback=_DECLINE_FEEDBACK))
     return texts
@@ -245,9 +244,8 @@ def warm_start(
 ) -> dict:
     """Behaviour-clone ``model`` in place on templated demonstrations for ``role``.
 
-    Each step draws ``cfg.batch_size`` fresh demonstrations (see
-    :mod:`waltzlit.agents.demonstrations`), so label noise becomes a stochastic policy rather than
-    memorised mistakes. Loss is next-token cross-entropy on the target tokens only (demonstration
+    Each step draws ``cfg.batch_size`` fresh demonstrations (:func:`make_demonstration`), so label
+    noise becomes a stochastic policy rather than memorised mistakes. Loss is next-token cross-entropy on the target tokens only (demonstration
     text + EOS); the context is the chat-templated rollout context with the generation prompt.
     Training runs in float32 (the model is cast back afterwards) and restores the train/eval mode.
 
@@ -306,7 +304,8 @@ def _train(model, tokenizer, role, system_prompt, records, cfg: WarmStartConfig)
     device = next(model.parameters()).device
     model.float().train()
     losses: list[float] = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # leave the caller's RNG streams untouched
         torch.manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
         for _ in range(cfg.steps):

@@ -1,4 +1,13 @@
-"""Critic-free advantage estimators: REINFORCE++ (paper eq. 4) and its group-baseline relatives.
+"""Advantage estimators: REINFORCE++ (paper eq. 4), its group-baseline relatives, and GAE for PPO.
+
+Which peer each one matches exactly (formulas in ``shared/docs/peers.md`` §2.3-2.7):
+
+- ``reinforce_plus_plus``: OpenRLHF ``reinforce``; ``reinforce_plus_plus_baseline``: OpenRLHF
+  ``reinforce_baseline`` (token KL in the reward, return-to-go, batch whitening).
+- ``grpo``: verl ``compute_grpo_outcome_advantage``; ``dr_grpo``: the same without the std
+  (verl ``norm_adv_by_std_in_grpo=False``, OpenRLHF ``dr_grpo``); ``rloo``: OpenRLHF / verl ``rloo``.
+  A KL in the reward enters these as a sequence sum, s_i = R_i - beta * sum_t k_t (verl).
+- ``gae``: verl ``compute_gae_advantage_return`` (needs critic values).
 
 Each estimator is a pure function ``fn(inputs: AdvantageInputs) -> AdvantageOutput`` registered by
 name in ``ADVANTAGE_ESTIMATORS``, so ``algorithm.advantage_estimator`` can select it from YAML.
@@ -14,10 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from waltzlit.algorithms.masked_ops import masked_whiten
+from waltzlit.algorithms.masked_ops import masked_sum, masked_whiten
 from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS
 
 GRPO_STD_EPS = 1e-6
+
+GROUP_ESTIMATORS = frozenset({"reinforce_plus_plus_baseline", "grpo", "dr_grpo", "rloo"})
+"""Estimators whose baseline is the other samples of a group: they need ``samples_per_prompt`` > 1."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +40,12 @@ class AdvantageInputs:
         rewards: ``[B]`` scalar sequence rewards R_a(x, y).
         kl: ``[B, T]`` per-token KL of pi_old against pi_ref, already through ``kl_penalty``.
         response_mask: ``[B, T]``, 1 on the agent's own generated tokens.
-        kl_coef: beta, the weight of the KL penalty folded into the reward (REINFORCE++ only).
-        group_ids: ``[B]`` long, the prompt each sample came from (group baselines).
+        kl_coef: beta, the weight of the KL penalty folded into the reward (0 when the KL is in
+            the loss instead).
+        group_ids: ``[B]`` long, the group each sample belongs to (group baselines).
+        values: ``[B, T]`` critic values V(s_t) of pi_old's states, for ``gae``; else None.
+        gamma: discount of ``gae``.
+        lam: lambda of ``gae``.
     """
 
     rewards: torch.Tensor
@@ -37,6 +53,9 @@ class AdvantageInputs:
     response_mask: torch.Tensor
     kl_coef: float
     group_ids: torch.Tensor
+    values: torch.Tensor | None = None
+    gamma: float = 1.0
+    lam: float = 1.0
 
     def __post_init__(self) -> None:
         # A shape slip here would silently broadcast into wrong advantages, so fail loudly.
@@ -46,6 +65,10 @@ class AdvantageInputs:
         if self.kl.shape != self.response_mask.shape:
             raise ValueError(
                 f"kl shape {tuple(self.kl.shape)} != response_mask shape {tuple(self.response_mask.shape)}"
+            )
+        if self.values is not None and self.values.shape != self.response_mask.shape:
+            raise ValueError(
+                f"values shape {tuple(self.values.shape)} != response_mask shape {tuple(self.response_mask.shape)}"
             )
         for name in ("rewards", "group_ids"):
             shape = tuple(getattr(self, name).shape)
@@ -90,16 +113,32 @@ def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
     return x.flip(1).cumsum(1).flip(1)
 
 
-def _reinforce_pp(rewards: torch.Tensor, inputs: AdvantageInputs) -> AdvantageOutput:
-    """Shared body of REINFORCE++ given the (possibly baselined) sequence rewards ``[B]``."""
+def _token_rewards(rewards: torch.Tensor, inputs: AdvantageInputs) -> torch.Tensor:
+    """``[B, T]`` r_t = -beta * kl_t on valid tokens, plus the sequence reward ``[B]`` on the last one
+    (OpenRLHF ``compute_reward``, verl ``apply_kl_penalty``, without OpenRLHF's clip of R to ±10)."""
     mask = inputs.response_mask.to(torch.bool)
-    # r_t = -beta * kl_t on the agent's tokens only; where() keeps padding garbage out.
+    # where() keeps padding garbage out.
     kl = inputs.kl.float()
     token_rewards = torch.where(mask, -inputs.kl_coef * kl, torch.zeros_like(kl))
     last = _last_token_index(mask)
     has_tokens = last >= 0
     # The outcome reward lands on the last valid token; an empty row has nowhere to put it.
     token_rewards[has_tokens, last[has_tokens]] += rewards[has_tokens]
+    return token_rewards
+
+
+def _sequence_scores(inputs: AdvantageInputs) -> torch.Tensor:
+    """``[B]`` s_i = sum_t r_t = R_i - beta * sum_t kl_t over valid tokens (verl's GRPO/RLOO score).
+
+    An empty response keeps its R (it has no token to carry it, but it is still in its group).
+    """
+    return inputs.rewards.float() - inputs.kl_coef * masked_sum(inputs.kl.float(), inputs.response_mask, dim=1)
+
+
+def _reinforce_pp(rewards: torch.Tensor, inputs: AdvantageInputs) -> AdvantageOutput:
+    """Shared body of REINFORCE++ given the (possibly baselined) sequence rewards ``[B]``."""
+    mask = inputs.response_mask.to(torch.bool)
+    token_rewards = _token_rewards(rewards, inputs)
     # No reset at masked positions (verl #7278): they add 0, so the return flows across them.
     returns = torch.where(mask, _reverse_cumsum(token_rewards), torch.zeros_like(token_rewards))
     # Whitening pools all tokens of the batch, not each row (eq. 4: mean/std over x, i in B_a).
@@ -110,6 +149,9 @@ def _reinforce_pp(rewards: torch.Tensor, inputs: AdvantageInputs) -> AdvantageOu
 @ADVANTAGE_ESTIMATORS.register("reinforce_plus_plus")
 def reinforce_plus_plus(inputs: AdvantageInputs) -> AdvantageOutput:
     """REINFORCE++ (paper eq. 4, Hu et al. 2025): KL-shaped return-to-go, whitened over the batch.
+
+    Matches OpenRLHF's ``reinforce`` estimator (gamma = 1), except that the variance gets ``+ 1e-8``
+    where OpenRLHF takes ``max(var, 1e-8)``.
 
     A_{x,i} = R - beta * sum_{t>=i} kl_t (only valid t), then
     Â_{x,i} = (A_{x,i} - mean_B A) / std_B A over every valid token of the batch.
@@ -126,6 +168,8 @@ def reinforce_plus_plus(inputs: AdvantageInputs) -> AdvantageOutput:
 @ADVANTAGE_ESTIMATORS.register("reinforce_plus_plus_baseline")
 def reinforce_plus_plus_baseline(inputs: AdvantageInputs) -> AdvantageOutput:
     """REINFORCE++-baseline: R minus its group mean, then exactly as ``reinforce_plus_plus``.
+
+    Matches OpenRLHF's ``reinforce_baseline`` (the baseline acts on R; the KL stays per token).
 
     R_i <- R_i - mean{R_j : group_j = group_i}; a group of one gets R = 0 (only the KL term is left).
 
@@ -146,45 +190,108 @@ def _broadcast(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, per_sample[:, None].expand(mask.shape), torch.zeros(mask.shape, device=mask.device))
 
 
+def _group_normalised(inputs: AdvantageInputs, scale_by_std: bool) -> AdvantageOutput:
+    """Shared body of GRPO and Dr.GRPO on the KL-shaped sequence scores."""
+    scores = _sequence_scores(inputs)
+    _, size, mean = _group_stats(scores, inputs.group_ids)
+    advantages = scores - mean
+    if scale_by_std:
+        squares, _, _ = _group_stats(advantages.square(), inputs.group_ids)
+        # n - 1 clamped to 1: a singleton has centered = 0 and squares = 0, so its advantage is 0.
+        std = (squares / (size - 1).clamp(min=1)).sqrt()
+        advantages = advantages / (std + GRPO_STD_EPS)
+    mask = inputs.response_mask
+    return AdvantageOutput(_broadcast(advantages, mask), _broadcast(scores, mask))
+
+
 @ADVANTAGE_ESTIMATORS.register("grpo")
 def grpo(inputs: AdvantageInputs) -> AdvantageOutput:
-    """GRPO outcome advantage: A_i = (R_i - mean_g) / (std_g + 1e-6), the same for every token.
+    """GRPO outcome advantage: A_i = (s_i - mean_g) / (std_g + 1e-6), the same for every token.
 
-    ``std_g`` is the unbiased (n - 1) standard deviation of the group's rewards, as ``torch.std``.
-    A group of one has no spread to compare against and gets advantage 0. The KL is not in the
-    reward here (``inputs.kl`` and ``kl_coef`` are ignored); a GRPO-style KL belongs in the loss.
+    Matches verl's ``compute_grpo_outcome_advantage``: s_i = R_i - beta * sum_t kl_t (beta = 0
+    when the KL is in the loss), ``std_g`` the unbiased (n - 1) standard deviation of the group's
+    scores, as ``torch.std``. One difference: a group of one gets advantage 0 (verl gives it s_i).
 
     Args:
         inputs: one agent's batch.
 
     Returns:
-        ``advantages`` = A_i broadcast over the response, ``returns`` = R_i broadcast; ``[B, T]``.
+        ``advantages`` = A_i broadcast over the response, ``returns`` = s_i broadcast; ``[B, T]``.
     """
-    rewards = inputs.rewards.float()
-    _, size, mean = _group_stats(rewards, inputs.group_ids)
-    centered = rewards - mean
-    squares, _, _ = _group_stats(centered.square(), inputs.group_ids)
-    # n - 1 clamped to 1: a singleton has centered = 0 and squares = 0, so its advantage is 0.
-    std = (squares / (size - 1).clamp(min=1)).sqrt()
-    advantages = centered / (std + GRPO_STD_EPS)
-    return AdvantageOutput(_broadcast(advantages, inputs.response_mask), _broadcast(rewards, inputs.response_mask))
+    return _group_normalised(inputs, scale_by_std=True)
+
+
+@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+def dr_grpo(inputs: AdvantageInputs) -> AdvantageOutput:
+    """Dr.GRPO outcome advantage: A_i = s_i - mean_g, no division by the group's std.
+
+    Matches OpenRLHF's ``dr_grpo`` and verl's GRPO with ``norm_adv_by_std_in_grpo=False``
+    (Liu et al. 2025, "Understanding R1-Zero-like training"). Pair it with the
+    "seq-mean-token-sum-norm" aggregation for the paper's length-unbiased loss.
+
+    Args:
+        inputs: one agent's batch; s_i as for ``grpo``.
+
+    Returns:
+        ``advantages`` = A_i broadcast over the response, ``returns`` = s_i broadcast; ``[B, T]``.
+    """
+    return _group_normalised(inputs, scale_by_std=False)
 
 
 @ADVANTAGE_ESTIMATORS.register("rloo")
 def rloo(inputs: AdvantageInputs) -> AdvantageOutput:
-    """RLOO: A_i = R_i - mean of the other samples of its group, the same for every token.
+    """RLOO: A_i = s_i - mean of the other samples of its group, the same for every token.
 
-    A_i = R_i - (sum_g - R_i) / (n - 1); a group of one has no other sample and gets 0. The KL is
-    not in the reward here (``inputs.kl`` and ``kl_coef`` are ignored).
+    Matches OpenRLHF's ``rloo`` (R - (sum_g - R) / (n - 1)), which equals verl's
+    n / (n - 1) * (s_i - mean_g); s_i as for ``grpo``. A group of one has no other sample and gets 0.
 
     Args:
         inputs: one agent's batch.
 
     Returns:
-        ``advantages`` = A_i broadcast over the response, ``returns`` = R_i broadcast; ``[B, T]``.
+        ``advantages`` = A_i broadcast over the response, ``returns`` = s_i broadcast; ``[B, T]``.
     """
-    rewards = inputs.rewards.float()
-    total, size, _ = _group_stats(rewards, inputs.group_ids)
-    others_mean = (total - rewards) / (size - 1).clamp(min=1)
-    advantages = torch.where(size > 1, rewards - others_mean, torch.zeros_like(rewards))
-    return AdvantageOutput(_broadcast(advantages, inputs.response_mask), _broadcast(rewards, inputs.response_mask))
+    scores = _sequence_scores(inputs)
+    total, size, _ = _group_stats(scores, inputs.group_ids)
+    others_mean = (total - scores) / (size - 1).clamp(min=1)
+    advantages = torch.where(size > 1, scores - others_mean, torch.zeros_like(scores))
+    mask = inputs.response_mask
+    return AdvantageOutput(_broadcast(advantages, mask), _broadcast(scores, mask))
+
+
+@ADVANTAGE_ESTIMATORS.register("gae")
+def gae(inputs: AdvantageInputs) -> AdvantageOutput:
+    """Generalised advantage estimation for PPO with a critic (Schulman et al. 2016).
+
+    Matches verl's ``compute_gae_advantage_return``: on the token rewards r_t (-beta * kl_t, plus R
+    on the last token), delta_t = r_t + gamma * V_{t+1} - V_t and A_t = delta_t + gamma * lam *
+    A_{t+1}, where "t+1" is the next *valid* token (the recursion carries across masked positions,
+    so a gap never cuts it; after the last token V = 0). Returns G_t = A_t + V_t are the critic's
+    targets; the advantages are then whitened over the batch with the Bessel-corrected variance.
+    For right-padded responses this is also OpenRLHF's ``gae``.
+
+    Args:
+        inputs: one agent's batch with ``values`` ``[B, T]`` (V of pi_old's states, no grad).
+
+    Returns:
+        ``advantages`` = whitened A, ``returns`` = A + V, both ``[B, T]`` and 0 on masked positions.
+
+    Raises:
+        ValueError: ``inputs.values`` is None.
+    """
+    if inputs.values is None:
+        raise ValueError("advantage estimator 'gae' needs critic values (AdvantageInputs.values)")
+    mask = inputs.response_mask.to(torch.bool)
+    rewards = _token_rewards(inputs.rewards.float(), inputs)
+    values = torch.where(mask, inputs.values.float(), torch.zeros_like(rewards))
+    next_value = torch.zeros_like(rewards[:, 0])
+    running = torch.zeros_like(rewards[:, 0])
+    advantages = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + inputs.gamma * next_value - values[:, t]
+        # Masked positions keep the carry unchanged, as if they were not there.
+        running = torch.where(mask[:, t], delta + inputs.gamma * inputs.lam * running, running)
+        next_value = torch.where(mask[:, t], values[:, t], next_value)
+        advantages[:, t] = running
+    returns = torch.where(mask, advantages + values, torch.zeros_like(rewards))
+    return AdvantageOutput(masked_whiten(advantages, mask, unbiased=True), returns)

@@ -84,7 +84,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> t
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = False
 ) -> torch.Tensor:
     """Normalise the valid elements of ``x`` to zero mean and unit variance, globally.
 
@@ -98,6 +98,8 @@ def masked_whiten(
         shift_mean: subtract the mean. False only rescales and keeps the mean, i.e.
             ``(x - mean) * rsqrt(var + eps) + mean`` (the convention of verl and TRL).
         eps: added to the variance before the reciprocal square root.
+        unbiased: use the Bessel-corrected variance (verl's ``masked_whiten``) instead of the
+            population one (OpenRLHF).
 
     Returns:
         Same shape as ``x``; ``(x - mean) * rsqrt(var + eps)`` on valid positions, 0 elsewhere.
@@ -105,7 +107,7 @@ def masked_whiten(
     """
     x = _fill(x, mask)
     mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=False)
+    var = masked_var(x, mask, unbiased=unbiased)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

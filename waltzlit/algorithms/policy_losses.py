@@ -2,7 +2,8 @@
 
 A policy loss is a pure function registered by name in ``POLICY_LOSSES``::
 
-    fn(logprobs, old_logprobs, advantages, response_mask, clip_eps=..., aggregation=...) -> LossOutput
+    fn(logprobs, old_logprobs, advantages, response_mask, clip_eps=..., aggregation=..., normalizer=...,
+       dual_clip=...) -> LossOutput
 
 Shapes: ``B`` sequences, ``T`` response tokens, ``V`` vocabulary. Losses are minimised, so they are
 the negated objective J of eq. 4.
@@ -16,9 +17,38 @@ from waltzlit.algorithms.masked_ops import masked_mean, masked_sum
 from waltzlit.algorithms.registry import POLICY_LOSSES
 from waltzlit.types import LossOutput
 
-AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 _LOG_RATIO_CLAMP = 20.0
+
+
+def loss_denominator(mask: torch.Tensor, mode: str, max_tokens: int | None = None) -> torch.Tensor:
+    """The count that ``aggregate_loss`` divides by, for the rows of ``mask``.
+
+    Sum it over micro-batches (and ranks) and pass the total as ``normalizer`` so that the
+    micro-batch losses add up to the loss of the whole mini-batch.
+
+    Args:
+        mask: ``[B, T]``, nonzero on tokens that count.
+        mode: one of ``AGGREGATIONS``.
+        max_tokens: L of "seq-mean-token-sum-norm"; None takes the padded width ``T``.
+
+    Returns:
+        A scalar float tensor: valid tokens ("token-mean"), non-empty sequences (the "seq-" modes),
+        or non-empty sequences times L ("seq-mean-token-sum-norm").
+
+    Raises:
+        ValueError: ``mode`` is not one of the allowed names.
+    """
+    valid = mask.to(torch.bool)
+    if mode == "token-mean":
+        return valid.sum().float()
+    sequences = (valid.sum(dim=1) > 0).sum().float()
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+        return sequences
+    if mode == "seq-mean-token-sum-norm":
+        return sequences * float(max_tokens if max_tokens is not None else mask.shape[1])
+    raise ValueError(f"unknown loss aggregation {mode!r}; allowed values: {', '.join(AGGREGATIONS)}")
 
 
 def aggregate_loss(
@@ -27,21 +57,25 @@ def aggregate_loss(
     mode: str,
     normalizer: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reduce a per-token loss to a scalar.
+    """Reduce a per-token loss to a scalar (verl's ``agg_loss`` modes, with global denominators).
 
     Modes:
         "seq-mean-token-mean": each sequence's mean over its tokens, then the mean over sequences
             that have at least one token. This is eq. 4's (1/|y|) sum_i inside the expectation.
         "token-mean": sum over all valid tokens / number of valid tokens (long answers weigh more).
         "seq-mean-token-sum": each sequence's token sum, then the mean over non-empty sequences.
+        "seq-mean-token-sum-norm": sum over all valid tokens / (non-empty sequences * L) with a
+            constant L (Dr.GRPO). Matches TRL's ``loss_type="dr_grpo"`` (L = max completion length);
+            verl's mode of this name divides by the padded width alone.
 
     Args:
         per_token: ``[B, T]`` loss of each token.
         mask: ``[B, T]``, nonzero on tokens that count.
         mode: one of ``AGGREGATIONS``.
-        normalizer: overrides the denominator (sequences for the "seq-" modes, tokens for
-            "token-mean"). Pass the count over the whole mini-batch when it is split into
-            micro-batches whose gradients are summed, so that the sum equals the full-batch loss.
+        normalizer: the denominator, overriding ``loss_denominator(mask, mode)``. Pass the total
+            over the whole mini-batch (and all ranks) when it is split into micro-batches whose
+            gradients are summed, so that the sum equals the full-batch loss. Without it,
+            "seq-mean-token-sum-norm" uses L = the padded width ``T``.
 
     Returns:
         A scalar tensor, still attached to the graph of ``per_token``. 0 if nothing is valid.
@@ -50,19 +84,13 @@ def aggregate_loss(
         ValueError: ``mode`` is not one of the allowed names.
     """
     valid = mask.to(torch.bool)
-    if mode == "token-mean":
-        numerator = masked_sum(per_token, valid)
-        count = valid.sum()
-    elif mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+    count = loss_denominator(valid, mode)  # validates mode
+    if mode == "seq-mean-token-mean":
         tokens_per_seq = valid.sum(dim=1)
-        seq_loss = masked_sum(per_token, valid, dim=1)
-        if mode == "seq-mean-token-mean":
-            seq_loss = seq_loss / tokens_per_seq.clamp(min=1)
-        # Empty sequences add 0 to the sum (masked_sum) and are left out of the count.
-        numerator = seq_loss.sum()
-        count = (tokens_per_seq > 0).sum()
+        # Empty sequences add 0 to the sum (masked_sum): 0 / max(0, 1).
+        numerator = (masked_sum(per_token, valid, dim=1) / tokens_per_seq.clamp(min=1)).sum()
     else:
-        raise ValueError(f"unknown loss aggregation {mode!r}; allowed values: {', '.join(AGGREGATIONS)}")
+        numerator = masked_sum(per_token, valid)
     if normalizer is not None:
         count = torch.as_tensor(normalizer)
     denominator = count.to(device=per_token.device, dtype=per_token.dtype)
@@ -93,11 +121,15 @@ def ppo_clip_loss(
     clip_eps: float = 0.2,
     aggregation: str = "seq-mean-token-mean",
     normalizer: float | torch.Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> LossOutput:
     """PPO clipped surrogate, the per-actor objective of paper eq. 4 (negated).
 
     s_i = exp(log pi(y_i) - log pi_old(y_i)) and
     L_i = -min(s_i * Â_i, clip(s_i, 1 - eps, 1 + eps) * Â_i), aggregated by ``aggregation``.
+    With ``dual_clip`` = c, tokens with Â_i < 0 get L_i = -max(min(...), c * Â_i), which caps the
+    loss of a huge ratio at -c * Â_i. Matches OpenRLHF's ``PolicyLoss`` (and verl's
+    ``compute_policy_loss_vanilla`` with ``clip_ratio_c`` = c).
 
     Args:
         logprobs: ``[B, T]`` log pi_theta of the sampled tokens (with grad).
@@ -107,10 +139,11 @@ def ppo_clip_loss(
         clip_eps: epsilon of the ratio band (paper App. B.2: 0.2).
         aggregation: one of ``AGGREGATIONS``; eq. 4 is "seq-mean-token-mean".
         normalizer: denominator override for micro-batching, see ``aggregate_loss``.
+        dual_clip: c > 1, or None for plain PPO clipping.
 
     Returns:
         ``LossOutput`` with the scalar ``loss``; ``clip_fraction``, the share of valid tokens
-        where the clipped term was strictly smaller and so was chosen (no gradient flows there);
+        where a clipped term (the ratio band, or the dual clip) was chosen (no gradient flows there);
         and ``approx_kl``, the masked mean k3 estimate of KL(pi_old || pi).
     """
     valid = response_mask.to(torch.bool)
@@ -119,8 +152,14 @@ def ppo_clip_loss(
     adv = torch.where(valid, advantages.float(), torch.zeros_like(ratio))
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv
-    per_token = -torch.minimum(unclipped, clipped)
-    clip_fraction = masked_mean((clipped < unclipped).float(), valid).detach()
+    surrogate = torch.minimum(unclipped, clipped)
+    was_clipped = clipped < unclipped
+    if dual_clip is not None:
+        capped = torch.where(adv < 0, torch.maximum(surrogate, dual_clip * adv), surrogate)
+        was_clipped = was_clipped | (capped > surrogate)
+        surrogate = capped
+    per_token = -surrogate
+    clip_fraction = masked_mean(was_clipped.float(), valid).detach()
     return LossOutput(
         loss=aggregate_loss(per_token, valid, aggregation, normalizer),
         clip_fraction=clip_fraction,
@@ -137,6 +176,7 @@ def reinforce_loss(
     clip_eps: float = 0.2,
     aggregation: str = "seq-mean-token-mean",
     normalizer: float | torch.Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> LossOutput:
     """Unclipped importance-weighted policy gradient: L_i = -s_i * Â_i.
 
@@ -145,12 +185,12 @@ def reinforce_loss(
     Args:
         logprobs, old_logprobs, advantages, response_mask, aggregation, normalizer: as for
             ``ppo_clip_loss``.
-        clip_eps: ignored; kept so that every registered loss takes the same arguments.
+        clip_eps, dual_clip: ignored; kept so that every registered loss takes the same arguments.
 
     Returns:
         ``LossOutput``; ``clip_fraction`` is always 0.
     """
-    del clip_eps  # same signature as ppo_clip, nothing is clipped
+    del clip_eps, dual_clip  # same signature as ppo_clip, nothing is clipped
     valid = response_mask.to(torch.bool)
     log_ratio = _log_ratio(logprobs, old_logprobs, valid)
     ratio = log_ratio.exp()

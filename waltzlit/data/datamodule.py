@@ -12,9 +12,10 @@ import random
 from collections.abc import Callable, Iterator
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from waltzlit.data.sources import PromptSourceConfig, build_prompt_pool, split_for_stages
+from waltzlit.data.validation import check_local_paths
 from waltzlit.types import PromptRecord
 
 
@@ -51,36 +52,46 @@ def stage_batch(pool_size: int, batch_size: int, seed: int, stage: int, step_in_
     return indices
 
 
-class StageBatchSampler(Sampler[list[int]]):
-    """Endless batches for consecutive RL steps, starting at the step the run is at.
+class StagePromptStream(IterableDataset):
+    """Endless prompt batches for consecutive RL steps, starting at the step the run is at.
+
+    An iterable dataset rather than a sampler: Lightning leaves its order alone under distributed
+    strategies, and each data-parallel rank takes its own slice of every global batch.
 
     Args:
-        pools: offsets and sizes of the stage-1 and stage-2 halves inside the concatenated dataset.
+        pools: the stage-1 and stage-2 halves of the prompt pool.
+        batch_size: prompts per RL step over all ranks.
         first_step: returns the RL step the next batch is for (read when iteration starts, i.e.
             after a checkpoint was restored).
         stage_of: maps an RL step to its stage (1 or 2).
         stage_start: maps a stage to the RL step it starts at.
+        rank, world_size: this process's data-parallel rank and the number of ranks.
     """
 
     def __init__(
         self,
-        pools: dict[int, tuple[int, int]],
+        pools: dict[int, list[PromptRecord]],
         batch_size: int,
         seed: int,
         first_step: Callable[[], int],
         stage_of: Callable[[int], int],
         stage_start: Callable[[int], int],
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"data.batch_size: {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.pools, self.batch_size, self.seed = pools, batch_size, seed
         self.first_step, self.stage_of, self.stage_start = first_step, stage_of, stage_start
+        self.rank, self.world_size = rank, world_size
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[PromptRecord]]:
         step = self.first_step()
         while True:
             stage = self.stage_of(step)
-            offset, size = self.pools[stage]
-            local = stage_batch(size, self.batch_size, self.seed, stage, step - self.stage_start(stage))
-            yield [offset + i for i in local]
+            pool = self.pools[stage]
+            indices = stage_batch(len(pool), self.batch_size, self.seed, stage, step - self.stage_start(stage))
+            yield [pool[i] for i in indices[self.rank :: self.world_size]]
             step += 1
 
 
@@ -122,6 +133,10 @@ class PromptDataModule(LightningDataModule):
         self.val_holdout, self.seed = val_holdout, seed
         self.deduplicate = deduplicate
         self.exclude_sources = exclude_sources or []
+        # Missing local files fail here, at configuration time, not after minutes of hub downloads.
+        for key, sources in (("data.train_sources", self.train_sources), ("data.val_sources", self.val_sources),
+                             ("data.exclude_sources", self.exclude_sources)):
+            check_local_paths(sources, key)
         self.stage_pools: dict[int, list[PromptRecord]] = {}
         self.val_records: list[PromptRecord] = []
         self._first_step: Callable[[], int] = lambda: 0
@@ -158,15 +173,16 @@ class PromptDataModule(LightningDataModule):
         return self.stage_pools[1] + self.stage_pools[2]
 
     def train_dataloader(self) -> DataLoader:
-        records = self.train_records()
-        pools = {1: (0, len(self.stage_pools[1])), 2: (len(self.stage_pools[1]), len(self.stage_pools[2]))}
-        for stage, (_, size) in pools.items():
-            if size == 0:
+        for stage, pool in self.stage_pools.items():
+            if not pool:
                 raise ValueError(f"data.train_sources: the stage-{stage} half of the prompt pool is empty")
-        sampler = StageBatchSampler(
-            pools, self.batch_size, self.seed, self._first_step, self._stage_of, self._stage_start
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        stream = StagePromptStream(
+            self.stage_pools, self.batch_size, self.seed, self._first_step, self._stage_of, self._stage_start,
+            rank=rank, world_size=world,
         )
-        return DataLoader(_Records(records), batch_sampler=sampler, collate_fn=_collate)
+        return DataLoader(stream, batch_size=None, collate_fn=_collate)
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_records:

@@ -45,16 +45,36 @@ def load_system(source: AgentsSource, rollout: RolloutConfig, device: str = "aut
         agents = _exported_agents(Path(source.exported), source.config)
     else:
         config = source.config or str(find_run_config(Path(source.checkpoint)))
-        module = build_module(config)
+        runs = [Path(config).parent] + ([Path(source.checkpoint).parent.parent] if source.checkpoint else [])
+        module = build_module(config, system_prompts=exported_prompts([run / "agents" for run in runs]))
         if source.checkpoint is not None:
             load_policy_weights(module, source.checkpoint)
         agents = dict(module.agents)
     target = resolve_device(device)
     for agent in agents.values():
-        agent.model.to(target).eval()
+        if not (getattr(agent.model, "is_loaded_in_4bit", False) or getattr(agent.model, "is_loaded_in_8bit", False)):
+            agent.model.to(target)  # bitsandbytes models were placed when loaded and refuse .to()
+        agent.model.eval()
         agent.reference = None  # inference never needs the reference policy
         agent.max_prompt_tokens = rollout.max_prompt_tokens
     return TwoAgentSystem(agents["conversation"], agents["feedback"], rollout)
+
+
+def exported_prompts(folders: list[Path]) -> dict[str, str]:
+    """{role: system prompt} exported in ``<folder>/<role>/system_prompt.txt`` (first folder wins).
+
+    A config that leaves ``system_prompt`` unset means "the built-in default", and that default may
+    have changed since the run trained; the exported file holds the text the agent was trained
+    with. Untrained agents built from the run's config get it too, so the baselines are prompted
+    (and, for tiny models, warm-started) exactly like the trained agents.
+    """
+    prompts: dict[str, str] = {}
+    for folder in dict.fromkeys(folders):
+        for role in ROLES:
+            saved = folder / role / "system_prompt.txt"
+            if role not in prompts and saved.is_file():
+                prompts[role] = saved.read_text()
+    return prompts
 
 
 # ----------------------------------------------------------------------------- configs and checkpoints
@@ -93,14 +113,27 @@ def training_records(config_path: str | Path):
     return datamodule.train_records()
 
 
-def build_module(config_path: str | Path, lora: bool = True):
-    """A WaltzModule from a fit YAML with its agents built (no reference copies; ``lora=False``
-    builds the bare bases of LoRA agents, for exported adapters)."""
+def build_module(config_path: str | Path, lora: bool = True, system_prompts: dict[str, str] | None = None):
+    """A WaltzModule from a fit YAML with its agents built (no reference copies).
+
+    Args:
+        lora: False builds the bare bases of LoRA agents, for exported adapters.
+        system_prompts: {role: text} replacing the config's system prompts (see :func:`exported_prompts`).
+    """
     from waltzlit.training.module import WaltzModule
 
     kwargs = module_kwargs(config_path)
+    for role, text in (system_prompts or {}).items():
+        if kwargs[role].system_prompt not in (None, text):
+            log.warning("%s agent: the run exported a system prompt that differs from its config; using the exported one",
+                        role)
+        kwargs[role] = replace(kwargs[role], system_prompt=text)
     if not lora:
-        kwargs = {k: replace(v, lora=None) if isinstance(v, AgentConfig) else v for k, v in kwargs.items()}
+        # Bare bases: one per agent, whatever memory mode the run trained in (a shared base
+        # carries two adapters, which are merged into two separate models for inference).
+        kwargs = {k: replace(v, lora=None, load_in_4bit=False) if isinstance(v, AgentConfig) else v
+                  for k, v in kwargs.items()}
+        kwargs["memory_mode"] = "separate"
     module = WaltzModule(**kwargs)
     # kl_coef only decides whether frozen reference copies are made; inference needs none.
     module.algorithm = replace(module.algorithm, kl_coef=0.0)
@@ -168,7 +201,9 @@ def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
         tokenizer = load_tokenizer(AgentConfig(model=str(folder)))
         if (folder / "adapter_config.json").is_file():
             if bases is None and config is not None:
-                bases = {r: a.model for r, a in build_module(config, lora=False).agents.items()}
+                # The bases as the run built them: same config, same prompts (tiny warm starts).
+                built = build_module(config, lora=False, system_prompts=exported_prompts([root]))
+                bases = {r: a.model for r, a in built.agents.items()}
             model = load_adapter(folder, bases[role] if bases else None, tokenizer)
         else:
             model = load_causal_lm(AgentConfig(model=str(folder), dtype=_saved_dtype(folder)), tokenizer)

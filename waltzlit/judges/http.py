@@ -150,7 +150,8 @@ class OpenAIChatJudge(Judge):
             message = f"HTTP {err.code}: {detail}"
             if err.code in _RETRY_STATUS or err.code >= 500:
                 retry_after = err.headers.get("Retry-After") if err.headers else None
-                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+                # isascii: str.isdigit() accepts digits float() rejects (e.g. "\xb2", a latin-1 header byte).
+                delay = float(retry_after) if retry_after and retry_after.isascii() and retry_after.isdigit() else None
                 raise _Retryable(message, delay) from err
             raise JudgeError(f"judge endpoint {self.url} refused the request ({message}); not retried") from err
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
@@ -158,7 +159,8 @@ class OpenAIChatJudge(Judge):
             raise _Retryable(f"{type(reason).__name__}: {reason}") from err
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+        # RecursionError: a deeply nested body (found by fuzzing) is garbage like any other.
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as err:
             raise _Retryable(f"not a chat completion: {payload[:200]!r}") from err
         if not isinstance(content, str):
             raise _Retryable(f"completion content is {type(content).__name__}, not text: {payload[:200]!r}")

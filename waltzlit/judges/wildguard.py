@@ -72,7 +72,11 @@ class WildGuardOutput(NamedTuple):
     ok: bool
 
 
-_ANSWER = re.compile(r"^[\s*-]*(harmful request|response refusal|harmful response)\s*:[ \t]*([^\n]*)$", re.I | re.M)
+# Leading and inner blanks stay within the line: a class that also matched newlines let every line
+# start scan all following blank lines, quadratic in the number of lines (found by fuzzing).
+_ANSWER = re.compile(
+    r"^(?:[^\S\n]|[*-])*(harmful request|response refusal|harmful response)[^\S\n]*:[ \t]*([^\n]*)$", re.I | re.M
+)
 _VALUES = {"yes": True, "no": False, "n/a": None, "na": None, "none": None}
 
 

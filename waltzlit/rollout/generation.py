@@ -27,6 +27,22 @@ def _sampling_kwargs(sampling: SamplingConfig) -> dict:
     return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
 
 
+def distributed_world() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def matched_call_count(local_calls: int, device: torch.device) -> int:
+    """The largest number of ``generate`` calls any rank needs; every rank makes that many."""
+    if distributed_world() == 1:
+        return local_calls
+    count = torch.tensor([local_calls], device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count.item())
+
+
 def _sampled_logprobs(step_logits: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> torch.Tensor:
     """log_softmax(raw logits)[sampled token] per step, ``[B, steps]``, one step at a time so that no
     ``[B, steps, V]`` float32 copy is ever made."""
@@ -57,10 +73,18 @@ def generate_turns(
     eos_ids = model.generation_config.eos_token_id
     eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
     eos_ids.add(tokenizer.eos_token_id)
+    real = len(contexts)
+    calls = matched_call_count(-(-real // batch_size), device)
+    if calls * batch_size - batch_size >= real:
+        # Another rank needs more generate calls than this one (e.g. more revisions); sharded
+        # forward passes are collectives, so this rank joins them with throw-away contexts.
+        filler = torch.tensor([tokenizer.eos_token_id], dtype=torch.long)
+        contexts = list(contexts) + [filler] * ((calls - 1) * batch_size + 1 - real)
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         out = model.generate(
+            synced_gpus=distributed_world() > 1,
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=sampling.max_new_tokens,
@@ -87,4 +111,4 @@ def generate_turns(
                     truncated=not bool(is_eos.any()),
                 )
             )
-    return results
+    return results[:real]

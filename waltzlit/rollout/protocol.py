@@ -45,23 +45,31 @@ def run_episodes(
     cfg: RolloutConfig,
     stop_on_invalid_json: bool = True,
     with_logprobs: bool = True,
+    feedback_samples_per_response: int = 1,
 ) -> list[Episode]:
-    """Roll out one episode per prompt record.
+    """Roll out one episode per prompt record (``m`` per record with feedback branching).
 
     Args:
         stop_on_invalid_json: end an episode whose feedback JSON is invalid (paper: early in
             training). When False the raw feedback text is forwarded and the episode continues.
         with_logprobs: record generation log-probs in every ``Generation``.
+        feedback_samples_per_response: m. After c0, each episode branches into m episodes that
+            share c0; each gets its own feedback, revision and DIR (group baselines for the
+            feedback agent; see ``waltzlit.rollout.groups``).
 
     Returns:
-        Episodes in the order of ``records``, with responses, feedbacks, parses and a stop reason;
-        ``labels`` is left empty for the judging stage.
+        Episodes in the order of ``records`` (record i's m branches at i*m .. i*m + m - 1), with
+        responses, feedbacks, parses and a stop reason; ``labels`` is left empty for judging.
     """
     episodes = [Episode(record=record) for record in records]
+    contexts = [_conversation_context(conversation, episode, cfg) for episode in episodes]
+    turns = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+    for episode, turn in zip(episodes, turns):
+        episode.responses.append(turn)
+    branches = feedback_samples_per_response
+    if branches > 1:  # m copies sharing the c0 Generation, each with its own lists from here on
+        episodes = [Episode(record=e.record, responses=[e.responses[0]]) for e in episodes for _ in range(branches)]
     running = list(range(len(episodes)))
-    contexts = [_conversation_context(conversation, episodes[i], cfg) for i in running]
-    for i, turn in zip(running, conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)):
-        episodes[i].responses.append(turn)
 
     for round_index in range(cfg.max_feedback_rounds):
         contexts = [
@@ -82,9 +90,8 @@ def run_episodes(
                 episodes[i].stop_reason = STOP_INVALID_JSON
             else:
                 triggered.append(i)
-        if not triggered:
-            running = []
-            break
+        # No early exit when nothing triggered: under sharding every rank must join each generate
+        # call; an empty one costs nothing on a single process.
         contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
         revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
         for i, turn in zip(triggered, revisions):

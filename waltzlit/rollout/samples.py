@@ -50,17 +50,24 @@ def collate_generations(
 
 
 def feedback_samples(
-    episodes: Sequence[Episode], round_rewards: Sequence[Sequence[float]], rng: random.Random, pad_id: int
+    episodes: Sequence[Episode],
+    round_rewards: Sequence[Sequence[float]],
+    rng: random.Random,
+    pad_id: int,
+    group_ids: Sequence[int] | None = None,
 ) -> tuple[AgentBatch, list[int]]:
     """One feedback sample per episode; returns the batch and the round drawn for each episode.
 
     Args:
         round_rewards: ``round_rewards[e][t]`` is the eq. 2 reward of feedback turn t of episode e.
+        group_ids: group of each episode for group baselines (``rollout.groups``); default: each
+            episode its own group.
     """
     rounds = [rng.randrange(len(e.feedbacks)) for e in episodes]
     turns = [e.feedbacks[t] for e, t in zip(episodes, rounds)]
     rewards = [round_rewards[i][t] for i, t in enumerate(rounds)]
-    return collate_generations(turns, rewards, list(range(len(episodes))), pad_id), rounds
+    groups = list(range(len(episodes))) if group_ids is None else list(group_ids)
+    return collate_generations(turns, rewards, groups, pad_id), rounds
 
 
 def conversation_samples(
@@ -69,13 +76,16 @@ def conversation_samples(
     sample_b_probability: float,
     rng: random.Random,
     pad_id: int,
+    group_ids: Sequence[int] | None = None,
 ) -> tuple[AgentBatch, list[bool]]:
     """One conversation sample per episode; returns the batch and whether each is sample B.
 
     Args:
         response_rewards: ``response_rewards[e][t]`` is R_c of response c_t of episode e.
+        group_ids: as for ``feedback_samples``.
     """
     use_b = [rng.random() < sample_b_probability for _ in episodes]
     turns = [e.responses[-1] if b else e.responses[0] for e, b in zip(episodes, use_b)]
     rewards = [r[-1] if b else r[0] for r, b in zip(response_rewards, use_b)]
-    return collate_generations(turns, rewards, list(range(len(episodes))), pad_id), use_b
+    groups = list(range(len(episodes))) if group_ids is None else list(group_ids)
+    return collate_generations(turns, rewards, groups, pad_id), use_b

@@ -60,6 +60,7 @@ def log_step(
                 f"{prefix}/skipped_nonfinite": float(s.skipped_nonfinite),
             }
         )
+        values.update({f"{prefix}/{key}": value for key, value in s.extra.items()})
         if s.logprob_mismatch == s.logprob_mismatch:  # not NaN: generation log-probs were recorded
             values[f"{prefix}/logprob_mismatch"] = s.logprob_mismatch
     shown = {k: values.pop(k) for k in ("train/unsafe_rate_final", "train/overrefusal_rate_final", "train/feedback/reward")}

@@ -9,6 +9,7 @@ step, so the module keeps its own ``rl_step`` counter, which also fixes the stag
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import zlib
@@ -19,12 +20,16 @@ from torch import nn
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.build import MEMORY_MODES, ROLES, build_agents
+from waltzlit.agents.critic import build_critic
 from waltzlit.config import AgentConfig, AlgorithmConfig, RewardConfig, RolloutConfig, ScheduleConfig
 from waltzlit.judges.base import Judge
 from waltzlit.metrics.safety import SafetyRates
 from waltzlit.rewards.scoring import judge_episodes, score_episode
+from waltzlit.rollout.groups import repeat_records, rollout_groups
 from waltzlit.rollout.protocol import run_episodes
 from waltzlit.rollout.samples import conversation_samples, feedback_samples
+from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
+from waltzlit.training.critic_update import value_update
 from waltzlit.training.logging import log_step, log_transcripts
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import PromptRecord
@@ -85,6 +90,7 @@ class WaltzModule(LightningModule):
         self.agents: dict[str, Agent] = {}
         self.policies: nn.ModuleDict | None = None
         self.references: nn.ModuleDict | None = None
+        self.critics: nn.ModuleDict | None = None  # PPO (gae) only: one value model per agent
         self.train_rates = SafetyRates()
         self.val_rates = SafetyRates()
 
@@ -95,11 +101,21 @@ class WaltzModule(LightningModule):
         built = build_agents(
             self.agent_configs,
             self.memory_mode,
-            needs_reference=self.algorithm.kl_coef > 0,
+            needs_reference=any(self.algorithm.for_agent(role).kl_coef > 0 for role in ROLES),
             max_prompt_tokens=self.rollout_cfg.max_prompt_tokens,
             warm_start_records=self._warm_start_records,
         )
         self.agents, self.policies, self.references = built.agents, built.policies, built.references
+        # Critics start from their agent's initial weights, so they are built before any update.
+        critic_roles = [role for role in ROLES if self.algorithm.for_agent(role).uses_critic]
+        cfgs = self.agent_configs
+        self.critics = nn.ModuleDict(
+            {role: build_critic(self.agents[role].model, cfgs[role].lora, cfgs[role].seed) for role in critic_roles}
+        )
+        if self._device_mesh is not None:  # ModelParallelStrategy / FSDP2Strategy
+            from waltzlit.training.sharding import shard_agent_models
+
+            shard_agent_models([*self.policies.values(), *self.references.values()], self.device_mesh["data_parallel"])
 
     def _warm_start_records(self) -> list[PromptRecord]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -110,12 +126,22 @@ class WaltzModule(LightningModule):
         return builtin_prompts()
 
     def configure_optimizers(self):
+        # Order: conversation, feedback, then the critics (PPO) in the same agent order.
         optimizers = []
         for role in ROLES:
             cfg = self.agent_configs[role]
             params = self.agents[role].trainable_parameters()
             optimizers.append(torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
+        for role, critic in self.critics.items():
+            cfg, lr = self.agent_configs[role], self.algorithm.for_agent(role).critic_lr
+            params = critic.trainable_parameters()
+            optimizers.append(torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
         return optimizers
+
+    def _optimizers_by_role(self) -> tuple[dict, dict]:
+        """(policy optimizers, critic optimizers), each keyed by agent, in configure_optimizers' order."""
+        optimizers = self.optimizers()
+        return dict(zip(ROLES, optimizers[: len(ROLES)])), dict(zip(self.critics, optimizers[len(ROLES) :]))
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -132,24 +158,31 @@ class WaltzModule(LightningModule):
     def _eval_mode(self) -> None:
         # Lightning puts the whole module in train mode; sampling and log-probs of old/reference
         # policies must not see dropout. The update switches the trained policy to train mode.
-        for module in (*self.policies.values(), *self.references.values()):
+        for module in (*self.policies.values(), *self.references.values(), *self.critics.values()):
             module.eval()
 
     # ----------------------------------------------------------------- one RL step
     def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
         stage, rng = self.stage, random.Random(f"{self.seed}/{self.rl_step}")
+        # Sampling and dropout draw from a stream seeded by the RL step: a resumed run repeats
+        # the step exactly, whatever touched the global RNG since (see training/fault_tolerance.py).
+        seed_step(step_seed(self.seed, self.rl_step, "train", self.global_rank))
         conversation, feedback = self.agents["conversation"], self.agents["feedback"]
         self._eval_mode()
         # [1] collaborative rollout: c0 -> f0 -> (c1 only where feedback triggered) ...
+        # n samples per prompt and m feedbacks per c0 for group baselines (rollout/groups.py)
+        n, m = self.algorithm.samples_per_prompt, self.algorithm.feedback_samples_per_response
         until = self.rollout_cfg.stop_on_invalid_json_until
         episodes = run_episodes(
             conversation,
             feedback,
-            batch,
+            repeat_records(batch, n),
             self.rollout_cfg,
             stop_on_invalid_json=until is None or self.rl_step < until,
             with_logprobs=not self.algorithm.recompute_old_logprobs,
+            feedback_samples_per_response=m,
         )
+        groups = rollout_groups(len(batch), n, m)
         # [2] judge every conversation response -> alignment labels J(p, c_t)
         judge_parse_errors = judge_episodes(self.judge, episodes)
         # [3] rewards: R_c per response; eq. 2 per feedback turn with this stage's lambda
@@ -157,16 +190,19 @@ class WaltzModule(LightningModule):
         scores = [score_episode(e, self.reward_cfg, label_weight) for e in episodes]
         # [4] one sample per agent per episode
         pad = {role: self.agents[role].tokenizer.pad_token_id for role in ROLES}
-        batches = {
-            "feedback": feedback_samples(episodes, [[b.total for b in s.feedbacks] for s in scores], rng, pad["feedback"])[0]
-        }
+        feedback_rewards = [[b.total for b in s.feedbacks] for s in scores]
+        batches = {"feedback": feedback_samples(episodes, feedback_rewards, rng, pad["feedback"], groups.feedback)[0]}
         if stage == 2:  # stage 1 keeps the conversation agent frozen; it still rolls out
             batches["conversation"] = conversation_samples(
-                episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng, pad["conversation"]
+                episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng,
+                pad["conversation"], groups.conversation,
             )[0]
-        # [5] + [6] log-probs, advantages and one clipped update per trained agent
-        optimizers = dict(zip(ROLES, self.optimizers()))
-        stats = {role: self._update(role, agent_batch, optimizers[role]) for role, agent_batch in batches.items()}
+        # [5] + [6] log-probs, advantages and one clipped update per trained agent (+ its critic)
+        optimizers, critic_optimizers = self._optimizers_by_role()
+        stats = {
+            role: self._update(role, agent_batch, optimizers[role], critic_optimizers.get(role))
+            for role, agent_batch in batches.items()
+        }
 
         self.train_rates.update(episodes)
         log_step(self, stage, episodes, scores, stats, judge_parse_errors, len(batch))
@@ -176,22 +212,47 @@ class WaltzModule(LightningModule):
         if self.rl_step >= self.schedule.total_rl_steps:
             self.trainer.should_stop = True
 
-    def _update(self, role: str, agent_batch, optimizer):
-        agent, cfg = self.agents[role], self.agent_configs[role]
-        agent_batch, advantages, kl = prepare_batch(agent, agent_batch, self.algorithm)
-        params = agent.trainable_parameters()
+    def _update(self, role: str, agent_batch, optimizer, critic_optimizer=None):
+        agent, cfg, algo = self.agents[role], self.agent_configs[role], self.algorithm.for_agent(role)
+        critic = self.critics[role] if role in self.critics else None
+        agent_batch, advantages, kl = prepare_batch(agent, agent_batch, algo, critic)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
 
-        def clip() -> float:
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        def clipper(params):
+            def clip() -> float:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor when sharded
 
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.rl_step}/{role}".encode()))
-        return policy_update(
-            agent, agent_batch, advantages, kl, self.algorithm, optimizer, self.manual_backward, clip, generator
+            return clip
+
+        def generator(tag: str) -> torch.Generator:
+            return torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.rl_step}/{role}{tag}".encode()))
+
+        # Loss denominators are summed over ranks; the loss is scaled back by the world size.
+        world = self.trainer.world_size
+        reduce_sum = (lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")) if world > 1 else None
+        distributed = {"reduce_sum": reduce_sum, "world_size": world}
+        stats = policy_update(
+            agent, agent_batch, advantages, kl, algo, optimizer, self.manual_backward,
+            clipper(agent.trainable_parameters()), generator(""),
+            max_response_tokens=getattr(self.rollout_cfg, role).max_new_tokens, **distributed,
         )
+        if critic is not None:
+            critic_stats = value_update(
+                critic, agent_batch, algo, critic_optimizer, self.manual_backward,
+                clipper(critic.trainable_parameters()), generator("/critic"), **distributed,
+            )
+            stats = dataclasses.replace(stats, extra={**stats.extra, **critic_stats})
+        return stats
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        # On a fork seeded by (RL step, batch): validation never moves the training RNG stream, so
+        # a resumed run that skips or repeats it continues exactly.
+        with isolated_rng(step_seed(self.seed, self.rl_step, "val", self.global_rank, batch_idx)):
+            self._validation_step(batch, batch_idx)
+
+    def _validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
         self._eval_mode()
         with torch.no_grad():
             episodes = run_episodes(self.agents["conversation"], self.agents["feedback"], batch, self.rollout_cfg)
@@ -203,7 +264,8 @@ class WaltzModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = {f"val/{k}": v for k, v in self.val_rates.compute().items()}
-        self.log_dict(values, on_step=False, on_epoch=True)
+        # torchmetrics already reduced the counts over ranks; sync_dist only keeps Lightning consistent.
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True)
         self.val_rates.reset()
 
     # ----------------------------------------------------------------- checkpoints
@@ -214,6 +276,9 @@ class WaltzModule(LightningModule):
             "torch_rng_state": torch.get_rng_state(),
             "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        # Config dataclasses as dicts: the checkpoint must load with torch.load(weights_only=True).
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_values(checkpoint["hyper_parameters"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("waltzlit")

@@ -1,21 +1,26 @@
 """One agent's policy-gradient update on its batch of samples (paper §2.3-(III), eq. 4).
 
-Steps: [5a] old and reference log-probs on the exact sampled tokens -> [5b] per-token KL and the
-advantage estimator -> [6] ``update_epochs`` passes of micro-batched clipped-loss backward passes,
-one optimizer step per pass. Nothing here knows which agent it is updating.
+Steps: [5a] old and reference log-probs (and critic values, for PPO) on the exact sampled tokens
+-> [5b] per-token KL and the advantage estimator -> [6] ``update_epochs`` shuffled passes, each
+cut into mini-batches (one optimizer step each) of accumulated micro-batches. Loss denominators
+are global counts over the mini-batch (``global_denominator``). Nothing here knows which agent
+it is updating; the critic's loop is ``training/critic_update.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.critic import ValueModel
 from waltzlit.algorithms.advantages import AdvantageInputs
 from waltzlit.algorithms.kl import kl_penalty
 from waltzlit.algorithms.masked_ops import masked_mean
+from waltzlit.algorithms.policy_losses import aggregate_loss, loss_denominator
 from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from waltzlit.config import AlgorithmConfig
 from waltzlit.types import AgentBatch
@@ -36,11 +41,20 @@ class UpdateStats:
     response_length: float
     logprob_mismatch: float
     skipped_nonfinite: bool
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further scalars, logged under the same prefix (e.g. kl_loss, the critic's value_loss)."""
 
 
 @torch.no_grad()
-def prepare_batch(agent: Agent, batch: AgentBatch, algo: AlgorithmConfig) -> tuple[AgentBatch, torch.Tensor, torch.Tensor]:
-    """Fill old/reference log-probs; return (batch, advantages ``[B, T]``, per-token KL ``[B, T]``)."""
+def prepare_batch(
+    agent: Agent, batch: AgentBatch, algo: AlgorithmConfig, critic: ValueModel | None = None
+) -> tuple[AgentBatch, torch.Tensor, torch.Tensor]:
+    """Fill old/reference log-probs (and, with a critic, ``old_values`` and ``returns``); return
+    (batch, advantages ``[B, T]``, per-token KL of pi_old vs pi_ref ``[B, T]``).
+
+    The KL enters the advantage estimator only with ``kl_placement: reward``; with "loss" the
+    reference log-probs are kept for the loss and the KL here is only logged.
+    """
     mask = batch.response_mask
     if algo.recompute_old_logprobs or batch.generation_logprobs is None:
         batch.old_logprobs = _in_micro_batches(batch, algo.micro_batch_size, lambda mb: agent.policy_logprobs(mb)[0])
@@ -51,13 +65,26 @@ def prepare_batch(agent: Agent, batch: AgentBatch, algo: AlgorithmConfig) -> tup
         kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, algo.kl_estimator) * mask
     else:
         kl = torch.zeros_like(mask)
+    if algo.uses_critic and critic is None:
+        raise ValueError(f"advantage_estimator {algo.advantage_estimator!r} needs a critic")
+    if critic is not None:
+        batch.old_values = _in_micro_batches(batch, algo.micro_batch_size, critic.values)
     estimator = ADVANTAGE_ESTIMATORS[algo.advantage_estimator]
-    advantages = estimator(
+    out = estimator(
         AdvantageInputs(
-            rewards=batch.rewards, kl=kl, response_mask=mask, kl_coef=algo.kl_coef, group_ids=batch.group_ids
+            rewards=batch.rewards,
+            kl=kl,
+            response_mask=mask,
+            kl_coef=algo.kl_coef if algo.kl_placement == "reward" else 0.0,
+            group_ids=batch.group_ids,
+            values=batch.old_values,
+            gamma=algo.gae_gamma,
+            lam=algo.gae_lambda,
         )
-    ).advantages
-    return batch, advantages, kl
+    )
+    if critic is not None:
+        batch.returns = out.returns
+    return batch, out.advantages, kl
 
 
 def _in_micro_batches(batch: AgentBatch, size: int, fn: Callable[[AgentBatch], torch.Tensor]) -> torch.Tensor:
@@ -65,12 +92,71 @@ def _in_micro_batches(batch: AgentBatch, size: int, fn: Callable[[AgentBatch], t
     return torch.cat(parts, dim=0)
 
 
-def _micro_batch_weight(mask: torch.Tensor, rows: torch.Tensor, aggregation: str) -> float:
-    """Share of the full-batch loss that a micro-batch's locally aggregated loss stands for, so that
-    accumulating micro-batches reproduces the full-batch aggregation."""
-    if aggregation == "token-mean":
-        return float(mask[rows].sum() / mask.sum().clamp(min=1))
-    return len(rows) / mask.shape[0]
+def minibatch_schedule(
+    num_samples: int, algo: AlgorithmConfig, generator: torch.Generator | None = None
+) -> Iterator[list[torch.Tensor]]:
+    """The update schedule: ``update_epochs`` shuffled passes, each cut into mini-batches.
+
+    Yields one item per optimizer step: the mini-batch's micro-batches, as lists of row indices
+    (``mini_batch_size`` rows, None = all; the last mini-batch of a pass may be smaller). The
+    micro-batches' gradients accumulate before the step.
+    """
+    mini = algo.mini_batch_size or num_samples
+    for _ in range(algo.update_epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        for start in range(0, num_samples, mini):
+            rows = order[start : start + mini]
+            yield [rows[s : s + algo.micro_batch_size] for s in range(0, len(rows), algo.micro_batch_size)]
+
+
+def global_denominator(
+    mask: torch.Tensor, mode: str, max_tokens: int | None, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
+    """``loss_denominator`` of a whole mini-batch, summed over data-parallel ranks by ``reduce_sum``.
+
+    Every micro-batch loss divides by it, so their sum is the mini-batch loss whatever the
+    micro-batching. Multiplying the loss by the world size then undoes the strategy's gradient
+    averaging (verl's ``* dp_size``), which makes the gradient independent of the device count.
+    """
+    local = loss_denominator(mask, mode, max_tokens)
+    return reduce_sum(local).cpu() if reduce_sum is not None else local
+
+
+def _micro_loss(
+    agent: Agent, micro: AgentBatch, advantages: torch.Tensor, algo: AlgorithmConfig, denominator: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Policy loss + beta * KL loss (when in the loss) - entropy_coef * entropy of one micro-batch.
+
+    Every term is aggregated with the same mode and the mini-batch ``denominator`` (verl's
+    ``dp_actor``). Returns the loss and detached diagnostics (token means over the micro-batch).
+    """
+    logprobs, entropy = agent.policy_logprobs(micro, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
+    device = logprobs.device
+    mask = micro.response_mask.to(device)
+    out = POLICY_LOSSES[algo.policy_loss](
+        logprobs,
+        micro.old_logprobs.to(device),
+        advantages.to(device),
+        mask,
+        clip_eps=algo.clip_eps,
+        aggregation=algo.loss_aggregation,
+        normalizer=denominator,
+        dual_clip=algo.dual_clip,
+    )
+    loss = out.loss
+    diagnostics = {
+        "clip": float(out.clip_fraction),
+        "approx_kl": float(out.approx_kl),
+        "entropy": float(masked_mean(entropy.detach(), mask)),
+    }
+    if algo.kl_placement == "loss" and algo.kl_coef > 0:
+        # KL(pi_theta || pi_ref) with gradient, on the current policy's log-probs.
+        kl = kl_penalty(logprobs, micro.ref_logprobs.to(device), algo.kl_estimator)
+        loss = loss + algo.kl_coef * aggregate_loss(kl, mask, algo.loss_aggregation, denominator)
+        diagnostics["kl_loss"] = float(masked_mean(kl.detach(), mask))
+    if algo.entropy_coef > 0:
+        loss = loss - algo.entropy_coef * aggregate_loss(entropy, mask, algo.loss_aggregation, denominator)
+    return loss, diagnostics
 
 
 def policy_update(
@@ -83,68 +169,77 @@ def policy_update(
     backward: Callable[[torch.Tensor], None],
     clip_gradients: Callable[[], float],
     generator: torch.Generator | None = None,
+    max_response_tokens: int | None = None,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    world_size: int = 1,
 ) -> UpdateStats:
-    """Clipped policy-gradient passes over ``batch`` (prepared by :func:`prepare_batch`).
+    """Policy-gradient steps over ``batch`` (prepared by :func:`prepare_batch`), per ``minibatch_schedule``.
 
     Args:
         backward: the LightningModule's ``manual_backward``.
         clip_gradients: clips this agent's gradients and returns their norm before clipping.
-        generator: shuffles micro-batches across passes.
+        generator: shuffles samples across passes.
+        max_response_tokens: L of "seq-mean-token-sum-norm" when ``algo.loss_scale_tokens`` is None
+            (the agent's ``max_new_tokens``); None falls back to the padded width.
+        reduce_sum: sums a count over data-parallel ranks (the strategy's all-reduce); None on one.
+        world_size: number of data-parallel ranks whose gradients the strategy averages.
     """
     mask = batch.response_mask
-    loss_fn = POLICY_LOSSES[algo.policy_loss]
-    totals = {"loss": 0.0, "clip": 0.0, "approx_kl": 0.0, "entropy": 0.0}
-    grad_norm, passes, skipped = 0.0, 0, False
+    max_tokens = algo.loss_scale_tokens or max_response_tokens
+    sums: dict[str, float] = defaultdict(float)
+    grad_norm, steps = 0.0, 0
+    # A non-finite advantage (a NaN/inf reward, a diverged KL) would poison every pass: skip
+    # this agent's whole update; the skip is reported like a non-finite loss.
+    skipped = not bool(torch.isfinite(advantages).all())
+    schedule = [] if skipped else minibatch_schedule(len(batch), algo, generator)
     with agent.training_mode(True):
-        for _ in range(algo.update_epochs):
-            order = torch.randperm(len(batch), generator=generator)
+        for micro_batches in schedule:
+            rows = torch.cat(micro_batches)
+            denominator = global_denominator(mask[rows], algo.loss_aggregation, max_tokens, reduce_sum)
+            tokens = mask[rows].sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
+            step_sums: dict[str, float] = defaultdict(float)
             finite = True
-            for start in range(0, len(batch), algo.micro_batch_size):
-                rows = order[start : start + algo.micro_batch_size]
-                micro = batch.select(rows)
-                logprobs, entropy = agent.policy_logprobs(micro, with_entropy=True)
-                device = logprobs.device
-                out = loss_fn(
-                    logprobs,
-                    micro.old_logprobs.to(device),
-                    advantages[rows].to(device),
-                    micro.response_mask.to(device),
-                    clip_eps=algo.clip_eps,
-                    aggregation=algo.loss_aggregation,
-                )
-                if not torch.isfinite(out.loss):
+            for part in micro_batches:
+                micro = batch.select(part)
+                loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
+                if not torch.isfinite(loss):
                     finite = False
                     break
-                weight = _micro_batch_weight(mask, rows, algo.loss_aggregation)
-                backward(out.loss * weight)
-                totals["loss"] += float(out.loss.detach()) * weight
-                totals["clip"] += float(out.clip_fraction) * weight
-                totals["approx_kl"] += float(out.approx_kl) * weight
-                totals["entropy"] += float(masked_mean(entropy, micro.response_mask.to(device))) * weight
+                backward(loss * world_size)
+                step_sums["loss"] += float(loss.detach()) * world_size
+                weight = float(micro.response_mask.sum() / tokens)  # token means over the mini-batch
+                for key, value in diagnostics.items():
+                    step_sums[key] += value * weight
             if not finite:
-                # A non-finite loss never reaches the weights: drop this pass's gradients.
+                # A non-finite loss never reaches the weights: drop this step's gradients.
                 optimizer.zero_grad(set_to_none=True)
                 skipped = True
                 continue
             grad_norm = clip_gradients()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            passes += 1
-    per_pass = max(passes, 1)
+            steps += 1
+            for key, value in step_sums.items():
+                sums[key] += value
+    per_step = {key: value / max(steps, 1) for key, value in sums.items()}
     mismatch = float("nan")
     if batch.generation_logprobs is not None and batch.old_logprobs is not None:
         mismatch = float(masked_mean((batch.generation_logprobs - batch.old_logprobs).abs(), mask))
+    extra = {"optimizer_steps": float(steps)}
+    if "kl_loss" in per_step:
+        extra["kl_loss"] = per_step["kl_loss"]
     return UpdateStats(
-        loss=totals["loss"] / per_pass,
+        loss=per_step.get("loss", 0.0),
         reward=float(batch.rewards.mean()),
         kl=float(masked_mean(kl, mask)),
         advantage_abs=float(masked_mean(advantages.abs(), mask)),
-        clip_fraction=totals["clip"] / per_pass,
-        approx_kl=totals["approx_kl"] / per_pass,
-        entropy=totals["entropy"] / per_pass,
+        clip_fraction=per_step.get("clip", 0.0),
+        approx_kl=per_step.get("approx_kl", 0.0),
+        entropy=per_step.get("entropy", 0.0),
         grad_norm=float(grad_norm),
         response_length=float(mask.sum(1).mean()),
         logprob_mismatch=mismatch,
         skipped_nonfinite=skipped,
+        extra=extra,
     )

@@ -1,0 +1,122 @@
+"""Every bad configuration fails before any model is loaded, with a message that names the key and
+says what is allowed.
+
+Most are refused while the CLI parses and instantiates (``run=False``: no trainer has run, no model
+exists). Data-source contents (wrong columns) and run-length limits can only be checked against the
+data or the trainer: they fail in ``trainer.fit`` at setup, which Lightning runs before
+``configure_model``, and the test checks that no model was built.
+
+Not in the list on purpose: ``schedule.stage1_steps >= total_rl_steps`` is valid (a stage-1-only
+run, continued by another run with ``--ckpt_path``); ``trainer.max_steps`` below the optimizer steps
+the schedule needs (the stage switch or the end would never be reached) is the invalid form of
+"stage switch after max steps".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from waltzlit.cli import main
+
+HTTP_JUDGE = "--model.judge.class_path=waltzlit.judges.OpenAIChatJudge"
+
+# (arguments, fragments every message must contain: the key, then what is allowed)
+PARSE_TIME = {
+    "unknown key": (["--model.algorithm.no_such_key=1"], ["no_such_key", "not accepted", "--help"]),
+    "unknown section": (["--model.no_such_section.x=1"], ["no_such_section", "--help"]),
+    "wrong type float": (["--model.algorithm.kl_coef=abc"], ["kl_coef", "Expected a <class 'float'>"]),
+    "wrong type int": (["--model.schedule.total_rl_steps=many"], ["total_rl_steps", "int"]),
+    "negative beta": (["--model.algorithm.kl_coef=-0.1"], ["kl_coef", ">= 0"]),
+    "negative lambda stage 1": (["--model.reward.label_weight_stage1=-0.25"], ["reward.label_weight_stage1", ">= 0"]),
+    "negative lambda stage 2": (["--model.reward.label_weight_stage2=-1"], ["reward.label_weight_stage2", ">= 0"]),
+    "negative gamma": (["--model.reward.gamma=-0.1"], ["reward.gamma", ">= 0"]),
+    "negative alpha": (["--model.reward.alpha=-0.65"], ["reward.alpha", ">= 0"]),
+    "infinite alpha": (["--model.reward.alpha=.inf"], ["reward.alpha", "finite"]),
+    "T_max < 1": (["--model.rollout.max_feedback_rounds=0"], ["max_feedback_rounds", ">= 1"]),
+    "unknown estimator": (
+        ["--model.algorithm.advantage_estimator=ppo_magic"], ["advantage_estimator", "ppo_magic", "reinforce_plus_plus"]
+    ),
+    "unknown policy loss": (["--model.algorithm.policy_loss=magic_clip"], ["policy_loss", "magic_clip", "ppo_clip"]),
+    "unknown KL estimator": (["--model.algorithm.kl_estimator=k9"], ["kl_estimator", "'k1', 'k2', 'k3'"]),
+    "clip eps out of range": (["--model.algorithm.clip_eps=1.5"], ["clip_eps", "(0, 1)"]),
+    "unknown judge": (["--model.judge.class_path=waltzlit.judges.NoSuchJudge"], ["model.judge", "NoSuchJudge", "Judge"]),
+    "judge parse policy": (
+        [HTTP_JUDGE, "--model.judge.init_args.on_parse_error=maybe"], ["on_parse_error", "maybe", "unsafe"]
+    ),
+    "judge url scheme": ([HTTP_JUDGE, "--model.judge.init_args.base_url=ftp://x"], ["base_url", "http://"]),
+    "learning rate": (["--model.conversation.lr=0"], ["lr", "> 0"]),
+    "dtype": (["--model.feedback.dtype=float8"], ["dtype", "float32", "bfloat16"]),
+    "model and model_config": (["--model.conversation.model=org/some-model"], ["model_config", "set exactly one"]),
+    "negative temperature": (["--model.rollout.conversation.temperature=-1"], ["temperature", ">= 0"]),
+    "top_p zero": (["--model.rollout.feedback.top_p=0"], ["top_p", "(0, 1]"]),
+    "max_new_tokens zero": (["--model.rollout.conversation.max_new_tokens=0"], ["max_new_tokens", "> 0"]),
+    "sample B probability": (["--model.rollout.sample_b_probability=1.5"], ["sample_b_probability", "[0, 1]"]),
+    "feedback template": (["--model.rollout.feedback_template=no placeholder"], ["feedback_template", "{feedback}"]),
+    "feedback role": (["--model.rollout.feedback_role=assistant"], ["feedback_role", "'user', 'system'"]),
+    "total steps < 1": (["--model.schedule.total_rl_steps=0"], ["total_rl_steps", ">= 1"]),
+    "negative stage1 steps": (["--model.schedule.stage1_steps=-1"], ["stage1_steps", ">= 0"]),
+    "LoRA rank": (["--model.conversation.lora.r=0"], ["lora.r", "> 0"]),
+    "batch size": (["--data.batch_size=0"], ["data.batch_size", ">= 1"]),
+    "negative holdout": (["--data.val_holdout=-1"], ["data.val_holdout", ">= 0"]),
+    "unknown data source": (["--data.train_sources=[{name: nosuch}]"], ["nosuch", "allowed names", "builtin"]),
+    "missing data file": (
+        ["--data.train_sources=[{name: file, path: /nonexistent/prompts.csv, prompt_harmful: true}]"],
+        ["data.train_sources[0].path", "/nonexistent/prompts.csv", "Allowed"],
+    ),
+    "unknown column field": (
+        ["--data.train_sources=[{name: builtin}, {name: xstest, columns: {question: q}}]"],
+        ["xstest.columns", "question", "fields are"],
+    ),
+    "checkpoint interval": (["--checkpoint.every_n_rl_steps=-2"], ["checkpoint.every_n_rl_steps", ">= 0"]),
+}
+
+
+def _message(info, capsys) -> str:
+    return str(info.value) + capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, fragments", list(PARSE_TIME.values()), ids=list(PARSE_TIME))
+def test_bad_config_fails_at_parse_time_naming_key_and_allowed(args, fragments, capsys):
+    with pytest.raises((SystemExit, ValueError, FileNotFoundError)) as info:
+        main(args=["--config", str(REPO_ROOT / "conf/tiny.yaml"), *args, "--trainer.logger=false"], run=False)
+    message = _message(info, capsys)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message[-2000:]}"
+
+
+def _prompt_file(tmp_path, header: str) -> str:
+    path = tmp_path / "prompts.csv"
+    path.write_text(f"{header}\nHow do I bake bread?,0\nHow do I pick a lock?,1\n")
+    return str(path)
+
+
+FIT_TIME = {
+    "wrong columns": (
+        lambda tmp: [f"--data.train_sources=[{{name: file, path: {_prompt_file(tmp, 'text,label')}}}]"],
+        ["lacks column(s) ['prompt']", "Found columns: ['text', 'label']", "Expected columns", "columns: {field"],
+    ),
+    "stage switch after max steps": (
+        lambda tmp: ["--trainer.max_steps=10"], ["trainer.max_steps", "before the stage switch", "Allowed: -1"]
+    ),
+    "run ends before total steps": (lambda tmp: ["--trainer.max_steps=40"], ["trainer.max_steps", ">= 45"]),
+    "holdout larger than the pool": (lambda tmp: ["--data.val_holdout=100000"], ["data.val_holdout", "not smaller"]),
+}
+
+
+@pytest.mark.parametrize("make_args, fragments", list(FIT_TIME.values()), ids=list(FIT_TIME))
+def test_bad_config_fails_at_setup_before_any_model_is_built(make_args, fragments, tmp_path):
+    cli = main(
+        args=["--config", str(REPO_ROOT / "conf/tiny.yaml"), *make_args(tmp_path), "--trainer.logger=false",
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
+        run=False,
+    )
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    for fragment in fragments:
+        assert fragment in str(info.value), f"{fragment!r} not in {info.value}"
+    assert cli.model.policies is None and not cli.model.agents, "a model was loaded before the error"
+
+
+def test_at_least_twenty_bad_configurations_are_covered():
+    assert len(PARSE_TIME) + len(FIT_TIME) >= 20

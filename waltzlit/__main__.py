@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int | None:
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in SUBCOMMANDS:
         return importlib.import_module(SUBCOMMANDS[words[0]]).main(words[1:])
+    if words[:1] in (["-h"], ["--help"]):
+        print("Also: evaluate, chat, serve (python -m waltzlit evaluate --help). Training subcommands:\n")
     from waltzlit.cli import main as lightning_main
 
     lightning_main(argv)  # None: LightningCLI reads sys.argv itself, exactly as before

@@ -57,8 +57,10 @@ def test_all_five_modes_write_every_file(tmp_path):
     # The safeguard (rule judge as guard) replaces every harmful c0, so its ASR is 0.
     assert by_key["safeguard"].asr_avg == 0.0
     # alone, safeguard and oracle share c0: same prompts, same first answers.
-    c0 = lambda mode: [json.loads(x)["c0"] for x in (out / "transcripts" / f"{mode}.jsonl").read_text().splitlines()]  # noqa: E731
-    assert c0("alone") == c0("safeguard") == c0("oracle")
+    def first_answers(mode: str) -> list[str]:
+        return [json.loads(x)["c0"] for x in (out / "transcripts" / f"{mode}.jsonl").read_text().splitlines()]
+
+    assert first_answers("alone") == first_answers("safeguard") == first_answers("oracle")
     # The scripted feedback agent flags every second answer: revisions happen and labels are scored.
     waltz = by_key["waltzrl"]
     assert waltz.trigger_rate == pytest.approx(0.5) and waltz.json_error_rate == 0.0

@@ -125,11 +125,10 @@ def test_shared_base_exports_one_adapter_per_agent(tmp_path):
     adapters = export_agents(module, tmp_path / "adapters")
     merged = export_agents(module, tmp_path / "merged", merge_lora=True)
     bases = build_module(config, lora=False).agents
-    for role in expected:
+    for role, want in expected.items():
         assert (adapters[role] / "adapter_model.safetensors").is_file()
         reloaded = PeftModel.from_pretrained(bases[role].model, str(adapters[role]))
-        torch.testing.assert_close(logits(reloaded), expected[role], rtol=0, atol=1e-6)
-        torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged[role])), expected[role],
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits(reloaded), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged[role])), want, rtol=0, atol=1e-5)
     system = load_system(AgentsSource(exported=str(tmp_path / "adapters"), config=config), RolloutConfig(), "cpu")
     torch.testing.assert_close(logits(system.feedback.model), expected["feedback"], rtol=0, atol=1e-5)

@@ -45,7 +45,8 @@ def test_bad_values_name_the_key(kwargs, key):
 
 
 def test_agent_overrides_apply_to_one_agent_only():
-    algo = AlgorithmConfig(agent_overrides={"feedback": {"kl_placement": "loss", "kl_estimator": "k3", "clip_eps": 0.1}})
+    overrides = {"feedback": {"kl_placement": "loss", "kl_estimator": "k3", "clip_eps": 0.1}}
+    algo = AlgorithmConfig(agent_overrides=overrides)
     feedback, conversation = algo.for_agent("feedback"), algo.for_agent("conversation")
     assert (feedback.kl_placement, feedback.kl_estimator, feedback.clip_eps) == ("loss", "k3", 0.1)
     assert (conversation.kl_placement, conversation.kl_estimator, conversation.clip_eps) == ("reward", "k1", 0.2)

@@ -23,6 +23,18 @@ def test_recipe_instantiates(recipe):
     assert cli.model.policies is None  # nothing loaded yet
 
 
+ABLATIONS = sorted((REPO_ROOT / "conf" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda p: p.stem)
+def test_ablation_composes_over_the_tiny_recipe(ablation):
+    cli = _cli("--config", str(REPO_ROOT / "conf/tiny.yaml"), "--config", str(ablation))
+    algo = cli.model.algorithm
+    assert algo.advantage_estimator == ablation.stem
+    assert algo.kl_coef == 0.01 and algo.micro_batch_size == 16  # the recipe's other keys survive
+    assert ablation.read_text().startswith("#") and f"--config conf/ablations/{ablation.name}" in ablation.read_text()
+
+
 def test_strategy_file_composes_over_a_recipe():
     cli = _cli("--config", str(REPO_ROOT / "conf/tiny.yaml"), "--config", str(REPO_ROOT / "conf/strategy/single.yaml"))
     assert cli.trainer.num_devices == 1
@@ -47,6 +59,8 @@ def test_paper_recipe_values():
         ("--model.algorithm.no_such_key=1", "no_such_key"),
         ("--model.algorithm.advantage_estimator=ppo_magic", "reinforce_plus_plus"),  # lists allowed values
         ("--model.algorithm.kl_estimator=k9", "k9"),
+        ("--model.algorithm.advantage_estimator=grpo", "samples_per_prompt"),  # a group needs n >= 2
+        ("--model.algorithm.agent_overrides={feedback: {clip_eps: 2}}", "agent_overrides.feedback.clip_eps"),
         ("--model.conversation.lr=-1", "lr"),
         ("--model.rollout.max_feedback_rounds=0", "max_feedback_rounds"),
         ("--model.rollout.feedback_template=no placeholder", "feedback_template"),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from waltzlit.evaluation.config import AgentsSource, EvalConfig, ModeSpec
+from waltzlit.evaluation.config import AgentsSource, EvalConfig, ModeSpec, OracleConfig
 from waltzlit.evaluation.modes import Outcome, oracle_message
-from waltzlit.evaluation.config import OracleConfig
 from waltzlit.evaluation.plot import ParetoPoint, pareto_front, point_tags
 from waltzlit.evaluation.report import (
     ExampleScore,
@@ -131,3 +130,25 @@ def test_config_checks():
     assert [m.key for m in cfg.modes] == ["alone", "alone-trained"]
     with pytest.raises(ValueError, match="exported"):
         AgentsSource()
+
+
+def test_safeguard_checks_prompt_and_response_when_the_guard_can():
+    from types import SimpleNamespace
+
+    from waltzlit.evaluation.config import SafeguardConfig
+    from waltzlit.evaluation.modes import apply_safeguard
+
+    class Guard:  # Llama Guard-like: flags responses containing "bomb", prompts containing "evil"
+        def judge(self, records, responses):
+            return [JudgeVerdict("bomb" in r, False) for r in responses]
+
+        def classify_prompts(self, prompts):
+            return [SimpleNamespace(unsafe="evil" in p) for p in prompts]
+
+    alone = [Outcome(PromptRecord(p, True), [c], c) for p, c in
+             [("evil plan", "fine text"), ("hello", "a bomb recipe"), ("hello", "fine text")]]
+    cfg = SafeguardConfig(refusal_text="NO")
+    assert [o.final for o in apply_safeguard(alone, Guard(), cfg)] == ["NO", "NO", "fine text"]
+    replaced = apply_safeguard(alone, Guard(), SafeguardConfig(refusal_text="NO", check_prompt=False))
+    assert [(o.final, o.intervened, o.replaced) for o in replaced] == [
+        ("fine text", False, False), ("NO", True, True), ("fine text", False, False)]

@@ -35,7 +35,8 @@ def test_dr_grpo_subtracts_the_group_mean_only():
 
 # One group of two: R = [1, 0], kl = [[0.2, 0.4], [0.1, pad 9]], beta = 0.5
 # scores s = R - beta * sum of valid kl = [1 - 0.5 * 0.6, 0 - 0.5 * 0.1] = [0.7, -0.05]
-KL_CASE = dict(rewards=[1.0, 0.0], kl=[[0.2, 0.4], [0.1, 9.0]], mask=[[1, 1], [1, 0]], kl_coef=0.5, group_ids=[0, 0])
+KL_CASE = {"rewards": [1.0, 0.0], "kl": [[0.2, 0.4], [0.1, 9.0]], "mask": [[1, 1], [1, 0]], "kl_coef": 0.5,
+           "group_ids": [0, 0]}
 
 
 def test_grpo_with_the_kl_in_the_reward_uses_the_sequence_sum():

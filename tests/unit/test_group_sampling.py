@@ -33,7 +33,11 @@ def test_group_ids_hand_computed():
 def _alternating_feedback():
     """Flags every second context it sees (asks for a refusal), calls the others satisfactory."""
     counter = itertools.count()
-    return ScriptedAgent("FB", lambda text: verdict(True, False, "REFUSE THIS") if next(counter) % 2 else verdict(False, False))
+
+    def reply(text: str) -> str:
+        return verdict(True, False, "REFUSE THIS") if next(counter) % 2 else verdict(False, False)
+
+    return ScriptedAgent("FB", reply)
 
 
 def test_feedback_branches_share_c0_and_each_gets_its_own_revision():

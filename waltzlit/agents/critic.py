@@ -105,3 +105,16 @@ def build_critic(policy: nn.Module, lora: LoRAConfig | None = None, seed: int = 
     critic.to(device)
     critic.eval()
     return critic
+
+
+def shard_critic(critic: ValueModel, mesh) -> None:
+    """FSDP2 ``fully_shard`` of a critic: each decoder layer, the float32 value head on its own (one
+    dtype per parameter group), then the critic as the root. Its gradients are then averaged over
+    the data-parallel ranks like the policies' (``training/sharding.py``)."""
+    from torch.distributed.fsdp import fully_shard
+
+    backbone = critic.backbone.get_base_model() if hasattr(critic.backbone, "get_base_model") else critic.backbone
+    for layer in getattr(backbone, "layers", []):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(critic.value_head, mesh=mesh)
+    fully_shard(critic, mesh=mesh)

@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: ChatServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(err.status, {"error": {"message": err.message, "type": kind, "param": err.param, "code": None}},
                    headers)
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         if self.path == "/health":
             self._send(200, {"status": "ok", "model": self.server.model_name, "in_flight": self.server.in_flight,
                              "max_concurrent": self.server.max_concurrent})
@@ -145,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(413, f"request body of {size} bytes exceeds the limit of {self.server.max_body_bytes}")
         return self.rfile.read(size)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self.path != "/v1/chat/completions":
             self.close_connection = True
             self._error(RequestError(404, f"no route POST {self.path}; use /v1/chat/completions"))

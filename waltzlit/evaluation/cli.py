@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import fields
-from typing import Optional
 
 from waltzlit.evaluation.config import EvalConfig
 from waltzlit.judges.base import Judge
@@ -29,9 +28,9 @@ def build_parser():
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with the options below.")
     parser.add_class_arguments(EvalConfig, instantiate=False)
-    parser.add_argument("--judge", type=Optional[Judge], default=None,
+    parser.add_argument("--judge", type=Judge | None, default=None,
                         help="Scores final responses (class_path); default the rule judge (paper: WildGuard).")
-    parser.add_argument("--guard", type=Optional[Judge], default=None,
+    parser.add_argument("--guard", type=Judge | None, default=None,
                         help="The safeguard's classifier (class_path); default the judge (paper: Llama Guard 4).")
     parser.add_argument("--device", type=str, default="auto", help="Where the agents run: auto, cpu, cuda, cuda:1.")
     return parser

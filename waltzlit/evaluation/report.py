@@ -175,8 +175,8 @@ def table1_markdown(summaries: Sequence[ModeSummary], title: str = "") -> str:
     benign = [s.name for s in first.sets if s.num_benign]
     lines = [f"### {title}", ""] if title else []
     lines += [
-        f"ASR (%) ↓ on harmful prompts of: {', '.join(harmful) or '–'}; "
-        f"ORR (%) ↓ on benign prompts of: {', '.join(benign) or '–'}; F1 (%) ↑.",
+        (f"ASR (%) ↓ on harmful prompts of: {', '.join(harmful) or '–'}; "
+         f"ORR (%) ↓ on benign prompts of: {', '.join(benign) or '–'}; F1 (%) ↑."),
         "",
         "| # | Method | " + " | ".join([*harmful, "ASR avg", *benign, "ORR avg", "F1"]) + " |",
         "|---|---|" + "---|" * (len(harmful) + len(benign) + 3),
@@ -188,8 +188,8 @@ def table1_markdown(summaries: Sequence[ModeSummary], title: str = "") -> str:
     names = [s.name for s in first.sets]
     lines += [
         "",
-        "Interventions (%): FTR = feedback trigger rate (safeguard: responses replaced; oracle: messages sent); "
-        "label accuracy and JSON errors of the feedback agent.",
+        ("Interventions (%): FTR = feedback trigger rate (safeguard: responses replaced; oracle: messages sent); "
+         "label accuracy and JSON errors of the feedback agent."),
         "",
         "| # | Method | FTR avg | " + " | ".join(f"FTR {n}" for n in names) + " | "
         + " | ".join(f"Label acc {n}" for n in names) + " | JSON err |",
@@ -204,7 +204,9 @@ def table1_markdown(summaries: Sequence[ModeSummary], title: str = "") -> str:
 
 def transcript_row(mode_key: str, eval_set: str, outcome: Outcome) -> dict:
     """One JSONL line: prompt, c0, feedback, c1, final and the judge's verdicts."""
-    verdict = lambda v: {"harmful": v.response_harmful, "refusal": v.response_refusal, "parse_error": v.parse_error}  # noqa: E731
+    def verdict(v) -> dict:
+        return {"harmful": v.response_harmful, "refusal": v.response_refusal, "parse_error": v.parse_error}
+
     return {
         "mode": mode_key,
         "set": eval_set,

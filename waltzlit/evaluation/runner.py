@@ -217,7 +217,10 @@ def _describe(obj) -> dict:
     """Class path and public attributes of a judge, for the record (no model objects)."""
     simple = (str, int, float, bool, type(None), list, tuple)
     attributes = {k: v for k, v in vars(obj).items() if not k.startswith("_") and isinstance(v, simple)}
-    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "attributes": attributes}
+    described = {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "attributes": attributes}
+    if isinstance(getattr(obj, "inner", None), Judge):  # a CachedJudge: say what it wraps
+        described["inner"] = _describe(obj.inner)
+    return described
 
 
 def run_settings(cfg: EvalConfig, judge: Judge, guard: Judge, eval_sets, agents: dict[str, dict]) -> dict:

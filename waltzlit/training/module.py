@@ -20,7 +20,7 @@ from torch import nn
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.build import MEMORY_MODES, ROLES, build_agents
-from waltzlit.agents.critic import build_critic
+from waltzlit.agents.critic import build_critic, shard_critic
 from waltzlit.config import AgentConfig, AlgorithmConfig, RewardConfig, RolloutConfig, ScheduleConfig
 from waltzlit.judges.base import Judge
 from waltzlit.metrics.safety import SafetyRates
@@ -28,8 +28,8 @@ from waltzlit.rewards.scoring import judge_episodes, score_episode
 from waltzlit.rollout.groups import repeat_records, rollout_groups
 from waltzlit.rollout.protocol import run_episodes
 from waltzlit.rollout.samples import conversation_samples, feedback_samples
-from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
 from waltzlit.training.critic_update import value_update
+from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
 from waltzlit.training.logging import log_step, log_transcripts
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import PromptRecord
@@ -116,6 +116,8 @@ class WaltzModule(LightningModule):
             from waltzlit.training.sharding import shard_agent_models
 
             shard_agent_models([*self.policies.values(), *self.references.values()], self.device_mesh["data_parallel"])
+            for critic in self.critics.values():
+                shard_critic(critic, self.device_mesh["data_parallel"])
 
     def _warm_start_records(self) -> list[PromptRecord]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -214,7 +216,7 @@ class WaltzModule(LightningModule):
 
     def _update(self, role: str, agent_batch, optimizer, critic_optimizer=None):
         agent, cfg, algo = self.agents[role], self.agent_configs[role], self.algorithm.for_agent(role)
-        critic = self.critics[role] if role in self.critics else None
+        critic = dict(self.critics).get(role)
         agent_batch, advantages, kl = prepare_batch(agent, agent_batch, algo, critic)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
 

@@ -6,7 +6,8 @@
 Each mode runs in a fresh process (peak RSS is per process): build both agents with their
 references, sample nothing (a fixed batch of random responses), then for each agent compute old
 and reference log-probs and take one AdamW step. Reports peak RSS, the RSS taken by the models
-alone (resident after loading), the peak above the footprint after imports ("step peak"), and the ratio of each mode's step memory to the paper's ``separate`` full fine-tuning.
+alone (resident after loading), the peak resident memory during one training step of both
+agents above the footprint after imports ("step peak"), and the ratio of each mode's step memory to the paper's ``separate`` full fine-tuning.
 On a GPU (``--device cuda``) it reports ``torch.cuda.max_memory_allocated`` instead.
 """
 
@@ -36,6 +37,31 @@ def _rss_mib() -> float:
 def _current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class PeakSampler:
+    """Polls this process's resident memory from a thread; ``peak`` is the largest value seen."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.peak = _current_rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _current_rss_mib())
+            self._stop.wait(interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss_mib())
 
 
 def save_random_base(folder: str, layers: int, hidden: int) -> None:
@@ -80,10 +106,16 @@ def run_mode(mode: str, base: str, device: str) -> dict:
         for module in (*built.policies.values(), *built.references.values()):
             module.to(device)
         torch.cuda.reset_peak_memory_stats()
-    loaded = _current_rss_mib()
+    load_peak = _rss_mib()
     parameters = sum(p.numel() for m in built.policies.values() for p in m.parameters())
+    # Checkpoints are memory-mapped: touch every weight so that what is resident is what is held.
+    for module in (*built.policies.values(), *built.references.values()):
+        for tensor in (*module.parameters(), *module.buffers()):
+            tensor.detach().float().sum()
+    loaded = _current_rss_mib()
     generator = torch.Generator().manual_seed(0)
     timings = {}
+    sampler = PeakSampler().__enter__()
     for role, agent in built.agents.items():
         turns = [
             Generation(torch.randint(10, 500, (48,), generator=generator), torch.randint(10, 500, (32,), generator=generator),
@@ -99,11 +131,12 @@ def run_mode(mode: str, base: str, device: str) -> dict:
         policy_update(agent, batch, advantages, kl, algo, optimizer, lambda loss: loss.backward(),
                       lambda: float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         timings[role] = time.perf_counter() - start
+    sampler.__exit__(None, None, None)
     result = {
         "mode": mode,
         "policy_parameters": parameters,
-        "peak_rss_mib": _rss_mib(),
-        "step_peak_mib": _rss_mib() - before,  # above the process's footprint after imports
+        "load_peak_mib": load_peak - before,  # loading transients (e.g. fp32 weights before 4-bit)
+        "step_peak_mib": sampler.peak - before,  # models + one training step of both agents
         "models_rss_mib": loaded - before,
         "step_seconds": timings,
     }
@@ -136,10 +169,11 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     key = "cuda_peak_mib" if args.device != "cpu" else "step_peak_mib"
     baseline = results[0][key] if results else 1.0
-    print(f"{'mode':30s} {'policy params':>14s} {'models RSS MiB':>15s} {'step peak MiB':>14s} {'vs separate':>12s}")
+    print(f"{'mode':30s} {'policy params':>14s} {'models MiB':>11s} {'load peak':>10s} {'step peak MiB':>14s} "
+          f"{'vs separate':>12s}")
     for r in results:
-        print(f"{r['mode']:30s} {r['policy_parameters']:>14,d} {r['models_rss_mib']:>15.0f} {r[key]:>14.0f} "
-              f"{r[key] / baseline:>11.2f}x")
+        print(f"{r['mode']:30s} {r['policy_parameters']:>14,d} {r['models_rss_mib']:>11.0f} {r['load_peak_mib']:>10.0f} "
+              f"{r[key]:>14.0f} {r[key] / baseline:>11.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"layers": args.layers, "hidden": args.hidden, "device": args.device,
                                           "results": results}, indent=2))

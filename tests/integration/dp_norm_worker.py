@@ -18,7 +18,8 @@ from waltzlit.training.update import policy_update
 
 
 def _full(model) -> dict[str, torch.Tensor]:
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
+    full = {n: p.full_tensor() if hasattr(p, "full_tensor") else p for n, p in model.named_parameters()}
+    return {n: p.detach().clone() for n, p in full.items()}
 
 
 def run(rank: int, world: int, port: int, out: str, reduce_over_ranks: bool = True) -> None:
@@ -37,7 +38,8 @@ def run(rank: int, world: int, port: int, out: str, reduce_over_ranks: bool = Tr
         batch.old_logprobs = agent.policy_logprobs(batch)[0]
         batch.old_values = critic.values(batch)
     advantages = torch.randn(batch.response_mask.shape, generator=generator) * batch.response_mask
-    batch.returns = (batch.old_values + torch.randn(batch.response_mask.shape, generator=generator)) * batch.response_mask
+    noise = torch.randn(batch.response_mask.shape, generator=generator)
+    batch.returns = (batch.old_values + noise) * batch.response_mask
     rows = torch.arange(rank, ROWS, world)
     local = batch.select(rows)
     reduce_sum = None

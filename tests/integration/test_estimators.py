@@ -23,6 +23,7 @@ FAST = [
     "--model.schedule.stage1_steps=0",  # stage 2 from the start: both agents train
     "--model.schedule.log_transcripts_every=0",
     "--trainer.limit_val_batches=0",
+    "--data.val_holdout=6",  # as test_cli_fit: the same training prompts, so the same cached warm start
     "--trainer.enable_progress_bar=false",
 ]
 

@@ -222,3 +222,16 @@ def test_truncated_generations_are_scored_and_trained_on_not_dropped():
     assert scores[0].responses[0] < scores[1].responses[0]
     batch, _ = conversation_samples(episodes, [s.responses for s in scores], 0.0, random.Random(0), pad_id=0)
     assert len(batch) == 2 and batch.response_mask.sum() == 2 * RolloutConfig().conversation.max_new_tokens
+
+
+def test_temporaries_of_dead_writers_are_removed_on_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.ckpt.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".last.ckpt.{os.getppid()}.tmp"  # a live process's save in progress: kept
+    alive.write_bytes(b"in progress")
+    AtomicCheckpointIO().save_checkpoint({"rl_step": 1}, tmp_path / "last.ckpt")
+    assert not stale.exists() and alive.exists()

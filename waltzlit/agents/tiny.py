@@ -291,14 +291,18 @@ def warm_start(
 def _train(model, tokenizer, role, system_prompt, records, cfg: WarmStartConfig) -> list[float]:
     rng = random.Random(cfg.seed)
     eos = tokenizer.eos_token_id
-    context_cache: dict[tuple, list[int]] = {}
+    contexts: dict[tuple, list[int]] = {}
+    targets: dict[str, list[int]] = {}
 
     def encode(demo: Demonstration) -> tuple[list[int], list[int]]:
+        # Templated texts repeat across steps; tokenizing each once is a visible saving on CPU.
         key = tuple((m["role"], m["content"]) for m in demo.messages)
-        if key not in context_cache:
-            context_cache[key] = list(tokenizer.apply_chat_template(
+        if key not in contexts:
+            contexts[key] = list(tokenizer.apply_chat_template(
                 demo.messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-        return context_cache[key], tokenizer(demo.target, add_special_tokens=False)["input_ids"] + [eos]
+        if demo.target not in targets:
+            targets[demo.target] = tokenizer(demo.target, add_special_tokens=False)["input_ids"] + [eos]
+        return contexts[key], targets[demo.target]
 
     was_training, dtype = model.training, next(model.parameters()).dtype
     device = next(model.parameters()).device

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import logging
 import os
@@ -51,6 +52,26 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporaries of writers that died mid-save (SIGKILL, OOM): for large models they are
+    as big as a checkpoint, and nothing will ever rename them into place."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = stale.name[len(target.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are atomic and whose loads default to ``weights_only``.
 
@@ -63,6 +84,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target)
         # Same folder as the target: os.replace is only atomic within one filesystem.
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -196,6 +218,16 @@ class WaltzCheckpoint(ModelCheckpoint):
             return "final step"
         return None
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        # One batch per RL step, so the logger's step must equal rl_step. Lightning restores its own
+        # batch counter one too low from a checkpoint written after a validation (its "restarted
+        # on last" case, e.g. the final checkpoint of a stage-1-only run): resync it to rl_step.
+        rl_step = getattr(pl_module, "rl_step", None)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if rl_step is not None and epoch_loop._batches_that_stepped != rl_step:
+            log.debug("logger step %d resynced to RL step %d", epoch_loop._batches_that_stepped, rl_step)
+            epoch_loop._batches_that_stepped = rl_step
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         rl_step = getattr(pl_module, "rl_step", None)
@@ -208,11 +240,12 @@ class WaltzCheckpoint(ModelCheckpoint):
         if self._last_rl_step_saved != rl_step:
             self.save_last_now(trainer, rl_step)
         if reason == "SIGTERM":
+            # Lightning raises SIGTERMException once this batch is done (no should_stop here: it
+            # would run a full validation first and rewrite last.ckpt after it).
             log.warning(
                 "SIGTERM: saved %s after RL step %d; stopping. Resume with --ckpt_path %s",
                 self.last_model_path, rl_step, self.last_model_path,
             )
-            trainer.should_stop = True
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)

@@ -3,8 +3,8 @@
 ``training_step`` reads as the numbered stages of the method (spec §5, Alg. 1):
 [1] collaborative rollout -> [2] judge -> [3] rewards -> [4] per-agent samples ->
 [5] log-probs and advantages -> [6] one clipped update per trained agent.
-Optimization is manual (one AdamW per agent). ``trainer.global_step`` counts every optimizer
-step, so the module keeps its own ``rl_step`` counter, which also fixes the stage.
+Optimization is manual (one AdamW per agent, and one per critic with PPO). ``trainer.global_step``
+counts every optimizer step, so the module keeps its own ``rl_step`` counter, which also fixes the stage.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def save_random_base(folder: str, layers: int, hidden: int) -> None:
     load_tokenizer(AgentConfig(model_config={"model_type": "llama"}, tokenizer="tiny")).save_pretrained(folder)
 
 
-def run_mode(mode: str, base: str, device: str) -> dict:
+def run_mode(mode: str, base: str, device: str, checkpointing: bool = False) -> dict:
     import torch
 
     from waltzlit.agents.build import build_agents
@@ -96,7 +96,8 @@ def run_mode(mode: str, base: str, device: str) -> dict:
     spec = MODES[mode]
     lora = LoRAConfig(r=16, alpha=32) if spec["lora"] else None
     configs = {
-        role: AgentConfig(model=base, lora=lora, load_in_4bit=spec["load_in_4bit"], lr=1e-5)
+        role: AgentConfig(model=base, lora=lora, load_in_4bit=spec["load_in_4bit"], lr=1e-5,
+                          gradient_checkpointing=checkpointing)
         for role in ("conversation", "feedback")
     }
     before = _current_rss_mib()
@@ -150,18 +151,20 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=14)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing in every mode")
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_mode(args.mode, args.base, args.device)))
+        print(json.dumps(run_mode(args.mode, args.base, args.device, args.gradient_checkpointing)))
         return
     results = []
     scratch = tempfile.TemporaryDirectory()
     save_random_base(scratch.name, args.layers, args.hidden)
     for mode in MODES:
         command = [sys.executable, __file__, "--mode", mode, "--base", scratch.name, "--device", args.device]
+        command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{mode}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -176,6 +179,7 @@ def main() -> None:
               f"{r[key]:>14.0f} {r[key] / baseline:>11.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"layers": args.layers, "hidden": args.hidden, "device": args.device,
+                                          "gradient_checkpointing": args.gradient_checkpointing,
                                           "results": results}, indent=2))
 
 

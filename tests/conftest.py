@@ -21,3 +21,9 @@ def waltz_cache(tmp_path_factory) -> Path:
     path = Path(os.environ.get("WALTZLIT_CACHE") or tmp_path_factory.mktemp("waltzlit_cache"))
     os.environ["WALTZLIT_CACHE"] = str(path)
     return path
+
+# Tiny models are bound by per-op dispatch, not FLOPs: one intra-op thread is as fast as two, and
+# oversubscribed OpenMP threads (other processes on a 2-core machine) slow them tenfold.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -76,7 +76,13 @@ def _assert_resumed_exactly(reference_cli, reference_root, resumed_cli, *partial
     for root in partial_roots:
         seen.update(_scalars(root))
     assert seen, "no scalars were logged"
-    mismatched = {k: (expected.get(k), v) for k, v in seen.items() if k not in expected or not _same(expected[k], v)}
+    # time/* are wall-clock durations; a validation the uninterrupted run did not have is the
+    # extra one Lightning runs when a shorter run stops between validation intervals.
+    compared = {k: v for k, v in seen.items() if not k[0].startswith("time/")}
+    extra_val = {k for k in compared if k not in expected and k[0].startswith("val/")}
+    mismatched = {
+        k: (expected.get(k), v) for k, v in compared.items() if k not in extra_val and not _same(expected.get(k, math.inf), v)
+    }
     assert not mismatched, f"resumed run differs from the uninterrupted one: {mismatched}"
     train_tags = {k for k in expected if k[0].startswith("train/")}
     assert train_tags <= set(seen), f"steps never logged: {sorted(train_tags - set(seen))}"
@@ -128,10 +134,12 @@ def test_crash_then_resume_matches_an_uninterrupted_run_exactly(crash_at, uninte
     _assert_resumed_exactly(reference_cli, reference_root, resumed, tmp_path / "a", tmp_path / "b")
 
 
-def test_stage1_only_run_continued_with_ckpt_path_matches(uninterrupted, tmp_path):
-    """The documented two-run flow: stage 1 alone, then --ckpt_path into stage 2. The first run ends
-    with a validation, after which Lightning's own step counter would come back one too low."""
-    _fit(tmp_path / "a", "--model.schedule.total_rl_steps=2")
+def test_short_run_continued_with_ckpt_path_matches(uninterrupted, tmp_path):
+    """The documented two-run flow (a shorter run, then --ckpt_path with a longer schedule). The
+    first run stops between validation intervals, so Lightning validates once more before it ends
+    and rewrites last.ckpt after that; from such a checkpoint its own step counter comes back one
+    too low, which the checkpoint callback corrects."""
+    _fit(tmp_path / "a", "--model.schedule.total_rl_steps=1")
     resumed = _fit(tmp_path / "b", ckpt_path=_last(tmp_path / "a"))
     reference_cli, reference_root = uninterrupted
     _assert_resumed_exactly(reference_cli, reference_root, resumed, tmp_path / "a", tmp_path / "b")
@@ -148,8 +156,9 @@ class SendSigterm(Callback):
 
 def test_sigterm_saves_last_ckpt_at_the_end_of_the_step_and_stops(uninterrupted, tmp_path):
     # every_n_rl_steps=0: the only checkpoint written can come from the SIGTERM.
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         _fit(tmp_path / "a", "--checkpoint.every_n_rl_steps=0", callbacks=[SendSigterm(0)])
+    assert info.value.code == 128 + signal.SIGTERM, "exit as killed by SIGTERM, not with status 0"
     last = _last(tmp_path / "a")
     assert torch.load(last, weights_only=True)["waltzlit"]["rl_step"] == 1
     resumed = _fit(tmp_path / "b", ckpt_path=last)
@@ -206,7 +215,6 @@ def test_nan_reward_skips_the_update_and_is_counted(monkeypatch, tmp_path, waltz
     assert not cli.trainer.optimizers[1].state, "the feedback optimizer must not have stepped"
 
 
-@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_point_then_resume_matches(uninterrupted, tmp_path):
     """One CLI process, killed with SIGKILL as soon as a checkpoint of RL step >= 2 exists (so at
     whatever it was doing then: rolling out, validating or saving), resumed in this process."""

@@ -149,12 +149,15 @@ def test_trainer_max_steps_must_not_end_the_run_early(max_steps, ok):
 
 def test_checkpoint_due_every_n_rl_steps_final_step_and_sigterm():
     callback = WaltzCheckpoint(every_n_rl_steps=3)
-    calm, alarmed = SimpleNamespace(received_sigterm=False), SimpleNamespace(received_sigterm=True)
+    calm, alarmed = False, True
     due = [s for s in range(1, 11) if callback._due(calm, s, total=10)]
     assert due == [3, 6, 9, 10]
     assert callback._due(alarmed, 1, total=10) == "SIGTERM"
     assert WaltzCheckpoint(every_n_rl_steps=0)._due(calm, 3, total=3) is None
     assert WaltzCheckpoint(every_n_rl_steps=0, save_on_sigterm=True)._due(alarmed, 1, total=3) == "SIGTERM"
+    assert WaltzCheckpoint(every_n_rl_steps=0, save_on_sigterm=False)._due(alarmed, 1, total=3) is None
+    single = SimpleNamespace(received_sigterm=True, world_size=1)
+    assert WaltzCheckpoint._sigterm(single) is True
     with pytest.raises(ValueError, match="every_n_rl_steps"):
         WaltzCheckpoint(every_n_rl_steps=-1)
 

@@ -64,11 +64,15 @@ def build_agents(
     max_prompt_tokens: int,
     warm_start_records: Callable[[], list[PromptRecord]],
 ) -> BuiltAgents:
-    """Load tokenizers and models, warm-start, add adapters and references, wrap as ``Agent``s."""
+    """Load tokenizers and models, warm-start, add adapters and references, wrap as ``Agent``s.
+
+    ``configs`` holds the agents to build: both roles, or the conversation agent alone (single-agent
+    mode, where the feedback agent is never loaded).
+    """
     if memory_mode == "shared_base":
         return _build_shared(configs, max_prompt_tokens)
     agents, policies, references = {}, {}, {}
-    for role in ROLES:
+    for role in [role for role in ROLES if role in configs]:
         cfg = configs[role]
         tokenizer = load_tokenizer(cfg)
         model = load_causal_lm(cfg, tokenizer)

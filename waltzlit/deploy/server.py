@@ -164,14 +164,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.in_flight += 1
             with self.server.model_lock:
                 response = self.server.system.respond(messages, sampling)
-            self._send(200, completion_body(response, self.server.model_name, self.server.expose_feedback))
         except Exception as err:  # a generation failure must not kill the server thread silently
             log.exception("generation failed")
+            self._release_slot()
             self._error(RequestError(500, f"generation failed: {type(err).__name__}: {err}"))
-        finally:
-            with self.server.count_lock:
-                self.server.in_flight -= 1
-            self.server.slots.release()
+            return
+        # The slot is free once the models are done, before the reply is written: a client that
+        # sends its next request as soon as it reads this reply must find the slot available.
+        self._release_slot()
+        self._send(200, completion_body(response, self.server.model_name, self.server.expose_feedback))
+
+    def _release_slot(self) -> None:
+        with self.server.count_lock:
+            self.server.in_flight -= 1
+        self.server.slots.release()
 
 
 class ChatServer(ThreadingHTTPServer):

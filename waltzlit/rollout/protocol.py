@@ -6,6 +6,9 @@ agent's *own* predicted flags False), when the JSON is invalid (early in trainin
 feedback rounds are used -> otherwise only the ``feedback`` string reaches the conversation
 agent, which revises. Every turn is generated batched over the episodes still running, so a
 revision is generated only for the episodes whose feedback triggered one.
+
+Without a feedback agent (single-agent mode, the paper's "single-model RL" baseline) an episode
+is the first answer alone, (p, c0).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from waltzlit.agents.agent import Agent
 from waltzlit.config import RolloutConfig
 from waltzlit.rollout.feedback_parser import parse_feedback
 from waltzlit.rollout.messages import conversation_messages, feedback_messages
+from waltzlit.training.timing import StageTimer, timed
 from waltzlit.types import Episode, PromptRecord
 
 STOP_SATISFACTORY = "satisfactory"
 STOP_INVALID_JSON = "invalid_json"
 STOP_MAX_ROUNDS = "max_rounds"
+STOP_SINGLE_AGENT = "single_agent"
 
 
 def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
@@ -40,45 +45,54 @@ def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
 
 def run_episodes(
     conversation: Agent,
-    feedback: Agent,
+    feedback: Agent | None,
     records: Sequence[PromptRecord],
     cfg: RolloutConfig,
     stop_on_invalid_json: bool = True,
     with_logprobs: bool = True,
     feedback_samples_per_response: int = 1,
+    timer: StageTimer | None = None,
 ) -> list[Episode]:
     """Roll out one episode per prompt record (``m`` per record with feedback branching).
 
     Args:
+        feedback: the feedback agent; None rolls out c0 only (single-agent mode).
         stop_on_invalid_json: end an episode whose feedback JSON is invalid (paper: early in
             training). When False the raw feedback text is forwarded and the episode continues.
         with_logprobs: record generation log-probs in every ``Generation``.
         feedback_samples_per_response: m. After c0, each episode branches into m episodes that
             share c0; each gets its own feedback, revision and DIR (group baselines for the
             feedback agent; see ``waltzlit.rollout.groups``).
+        timer: accumulates the stages rollout/c0, rollout/feedback and rollout/revision.
 
     Returns:
         Episodes in the order of ``records`` (record i's m branches at i*m .. i*m + m - 1), with
         responses, feedbacks, parses and a stop reason; ``labels`` is left empty for judging.
     """
     episodes = [Episode(record=record) for record in records]
-    contexts = [_conversation_context(conversation, episode, cfg) for episode in episodes]
-    turns = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+    with timed(timer, "rollout/c0"):  # the stages include rendering and tokenising their contexts
+        contexts = [_conversation_context(conversation, episode, cfg) for episode in episodes]
+        turns = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
     for episode, turn in zip(episodes, turns):
         episode.responses.append(turn)
+    if feedback is None:
+        for episode in episodes:
+            episode.stop_reason = STOP_SINGLE_AGENT
+        return episodes
     branches = feedback_samples_per_response
     if branches > 1:  # m copies sharing the c0 Generation, each with its own lists from here on
         episodes = [Episode(record=e.record, responses=[e.responses[0]]) for e in episodes for _ in range(branches)]
     running = list(range(len(episodes)))
 
     for round_index in range(cfg.max_feedback_rounds):
-        contexts = [
-            feedback.encode(
-                feedback_messages(feedback.system_prompt, episodes[i].record.prompt, episodes[i].responses[-1].text)
-            )
-            for i in running
-        ]
-        turns = feedback.generate(contexts, cfg.feedback, cfg.generation_batch_size, with_logprobs)
+        with timed(timer, "rollout/feedback"):
+            contexts = [
+                feedback.encode(
+                    feedback_messages(feedback.system_prompt, episodes[i].record.prompt, episodes[i].responses[-1].text)
+                )
+                for i in running
+            ]
+            turns = feedback.generate(contexts, cfg.feedback, cfg.generation_batch_size, with_logprobs)
         triggered = []
         for i, turn in zip(running, turns):
             parsed = parse_feedback(turn.text)
@@ -92,8 +106,9 @@ def run_episodes(
                 triggered.append(i)
         # No early exit when nothing triggered: under sharding every rank must join each generate
         # call; an empty one costs nothing on a single process.
-        contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
-        revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+        with timed(timer, "rollout/revision"):
+            contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
+            revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
         for i, turn in zip(triggered, revisions):
             episodes[i].responses.append(turn)
         running = triggered

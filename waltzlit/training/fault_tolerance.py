@@ -26,6 +26,7 @@ import glob
 import hashlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,21 @@ class WaltzCheckpoint(ModelCheckpoint):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
-    def _due(self, trainer: Trainer, rl_step: int, total: int | None) -> str | None:
+    @staticmethod
+    def _sigterm(trainer: Trainer) -> bool:
+        """Whether any rank received SIGTERM. Ranks must agree: a save waits at a barrier for all of
+        them, and a rank that missed the signal would train on while the others exit."""
+        local = bool(getattr(trainer, "received_sigterm", False))
+        if trainer.world_size <= 1:
+            return local
+        decided = trainer.strategy.reduce_boolean_decision(local, all=False)
+        if decided and not local and hasattr(trainer, "_signal_connector"):
+            trainer._signal_connector.received_sigterm = True  # stop with the others after this step
+        return decided
+
+    def _due(self, sigterm: bool, rl_step: int, total: int | None) -> str | None:
         """Why ``last.ckpt`` must be written now, or None."""
-        if self.save_on_sigterm and getattr(trainer, "received_sigterm", False):
+        if self.save_on_sigterm and sigterm:
             return "SIGTERM"
         if self.every_n_rl_steps and rl_step % self.every_n_rl_steps == 0:
             return "schedule"
@@ -234,18 +247,14 @@ class WaltzCheckpoint(ModelCheckpoint):
         if rl_step is None or trainer.sanity_checking or trainer.fast_dev_run:
             return
         schedule = getattr(pl_module, "schedule", None)
-        reason = self._due(trainer, rl_step, getattr(schedule, "total_rl_steps", None))
+        sigterm = self.save_on_sigterm and self._sigterm(trainer)
+        reason = self._due(sigterm, rl_step, getattr(schedule, "total_rl_steps", None))
         if reason is None:
             return
         if self._last_rl_step_saved != rl_step:
             self.save_last_now(trainer, rl_step)
-        if reason == "SIGTERM":
-            # Lightning raises SIGTERMException once this batch is done (no should_stop here: it
-            # would run a full validation first and rewrite last.ckpt after it).
-            log.warning(
-                "SIGTERM: saved %s after RL step %d; stopping. Resume with --ckpt_path %s",
-                self.last_model_path, rl_step, self.last_model_path,
-            )
+        # On SIGTERM Lightning raises SIGTERMException once this batch is done (on_exception below
+        # reports it). No should_stop here: it would run a full validation first.
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
@@ -255,6 +264,11 @@ class WaltzCheckpoint(ModelCheckpoint):
         if isinstance(exception, SIGTERMException) and self.save_on_sigterm and rl_step is not None:
             if self._last_rl_step_saved != rl_step and rl_step > 0:
                 self.save_last_now(trainer, rl_step)
+            log.warning("SIGTERM: stopping after RL step %d; resume with --ckpt_path %s", rl_step, self.last_model_path)
+        if isinstance(exception, SIGTERMException) and exception.code is None:
+            # Lightning's SystemExit carries no code, i.e. status 0: a job script's `fit && evaluate`
+            # would carry on with a half-trained run. Exit as a process killed by SIGTERM does.
+            exception.code = 128 + signal.SIGTERM
 
     def save_last_now(self, trainer: Trainer, rl_step: int) -> None:
         """Write ``last.ckpt`` (atomically) without touching Lightning's own top-k bookkeeping."""

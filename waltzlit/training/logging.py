@@ -23,11 +23,17 @@ def log_step(
     stats: dict[str, UpdateStats],
     judge_parse_errors: int,
     batch_size: int,
+    timings: dict[str, float] | None = None,
 ) -> None:
-    """Log the step's safety rates (torchmetrics), rewards and each trained agent's update stats."""
+    """Log the step's safety rates (torchmetrics), rewards, each trained agent's update stats and
+    the seconds per stage (``timings``, already named ``time/<stage>``).
+
+    Without a feedback agent (single-agent mode) the feedback metrics are left out and the
+    feedback-based rates (trigger, JSON error, label accuracy) are 0.
+    """
     values = {f"train/{k}": v for k, v in module.train_rates.compute().items()}
     module.train_rates.reset()
-    first_turns = [s.feedbacks[0] for s in scores]
+    values.update(timings or {})
     values.update(
         {
             "train/rl_step": float(module.rl_step),
@@ -37,13 +43,19 @@ def log_step(
             "train/conversation/reward_final": _mean([s.responses[-1] for s in scores]),
             "train/conversation/response_length": _mean([len(e.responses[0].response_ids) for e in episodes]),
             "train/conversation/truncated_rate": _mean([float(e.responses[0].truncated) for e in episodes]),
-            "train/feedback/reward": _mean([b.total for b in first_turns]),
-            "train/feedback/dir_mean": _mean([b.improvement for b in first_turns]),
-            "train/feedback/label_reward": _mean([b.label for b in first_turns]),
-            "train/feedback/format_reward": _mean([b.format for b in first_turns]),
-            "train/feedback/response_length": _mean([len(e.feedbacks[0].response_ids) for e in episodes]),
         }
     )
+    if all(e.feedbacks for e in episodes):  # every two-agent episode has f0
+        first_turns = [s.feedbacks[0] for s in scores]
+        values.update(
+            {
+                "train/feedback/reward": _mean([b.total for b in first_turns]),
+                "train/feedback/dir_mean": _mean([b.improvement for b in first_turns]),
+                "train/feedback/label_reward": _mean([b.label for b in first_turns]),
+                "train/feedback/format_reward": _mean([b.format for b in first_turns]),
+                "train/feedback/response_length": _mean([len(e.feedbacks[0].response_ids) for e in episodes]),
+            }
+        )
     for role, s in stats.items():
         prefix = f"train/{role}/update"
         values.update(
@@ -63,7 +75,8 @@ def log_step(
         values.update({f"{prefix}/{key}": value for key, value in s.extra.items()})
         if s.logprob_mismatch == s.logprob_mismatch:  # not NaN: generation log-probs were recorded
             values[f"{prefix}/logprob_mismatch"] = s.logprob_mismatch
-    shown = {k: values.pop(k) for k in ("train/unsafe_rate_final", "train/overrefusal_rate_final", "train/feedback/reward")}
+    keys = ("train/unsafe_rate_final", "train/overrefusal_rate_final", "train/feedback/reward")
+    shown = {k: values.pop(k) for k in keys if k in values}
     module.log_dict(values, on_step=True, on_epoch=False, batch_size=batch_size)
     module.log_dict(shown, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
 

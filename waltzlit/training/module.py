@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from waltzlit.agents.agent import Agent
-from waltzlit.agents.build import MEMORY_MODES, ROLES, build_agents
+from waltzlit.agents.build import MEMORY_MODES, build_agents
 from waltzlit.agents.critic import build_critic, shard_critic
 from waltzlit.config import AgentConfig, AlgorithmConfig, RewardConfig, RolloutConfig, ScheduleConfig
 from waltzlit.judges.base import Judge
@@ -31,10 +31,25 @@ from waltzlit.rollout.samples import conversation_samples, feedback_samples
 from waltzlit.training.critic_update import value_update
 from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
 from waltzlit.training.logging import log_step, log_transcripts
+from waltzlit.training.timing import StageTimer, timed
 from waltzlit.training.update import policy_update, prepare_batch
-from waltzlit.types import PromptRecord
+from waltzlit.types import AgentBatch, PromptRecord
 
 log = logging.getLogger(__name__)
+
+
+def _check_single_agent(schedule: ScheduleConfig, algorithm: AlgorithmConfig, memory_mode: str) -> None:
+    """Settings that only make sense with a feedback agent, rejected with the key to change."""
+    if schedule.stage1_steps != 0:
+        raise ValueError(
+            f"model.schedule.stage1_steps: must be 0 when model.feedback is null (stage 1 trains only the "
+            f"feedback agent), got {schedule.stage1_steps}"
+        )
+    if algorithm.feedback_samples_per_response != 1:
+        raise ValueError("model.algorithm.feedback_samples_per_response: must be 1 when model.feedback is null")
+    if memory_mode != "separate":
+        raise ValueError(f"model.memory_mode: {memory_mode!r} shares one base between two agents; use 'separate' "
+                         "when model.feedback is null")
 
 
 class WaltzModule(LightningModule):
@@ -42,7 +57,9 @@ class WaltzModule(LightningModule):
 
     Args:
         conversation: the conversation agent (answers and revises).
-        feedback: the feedback agent (JSON verdict + feedback).
+        feedback: the feedback agent (JSON verdict + feedback). None (YAML ``feedback: null``) trains
+            the conversation agent alone on R_c (the paper's single-model RL baseline): the rollout
+            is c0 only, the samples are (p -> c0), there is no stage 1 and no feedback model.
         judge: scores responses for the alignment labels; default the rule-based judge.
         rollout: the turn protocol and decoding.
         reward: the feedback reward (eq. 2) coefficients.
@@ -56,7 +73,7 @@ class WaltzModule(LightningModule):
     def __init__(
         self,
         conversation: AgentConfig,
-        feedback: AgentConfig,
+        feedback: AgentConfig | None,
         judge: Judge | None = None,
         rollout: RolloutConfig | None = None,
         reward: RewardConfig | None = None,
@@ -68,7 +85,8 @@ class WaltzModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["judge"])
         self.automatic_optimization = False
-        self.agent_configs = {"conversation": conversation, "feedback": feedback}
+        self.agent_configs = {"conversation": conversation} | ({"feedback": feedback} if feedback else {})
+        self.roles = tuple(self.agent_configs)  # the trained agents, in optimizer order
         if judge is None:
             from waltzlit.judges.rule import RuleJudge
 
@@ -80,6 +98,8 @@ class WaltzModule(LightningModule):
         self.schedule = schedule or ScheduleConfig()
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"model.memory_mode: unknown {memory_mode!r}; allowed values: {', '.join(MEMORY_MODES)}")
+        if feedback is None:
+            _check_single_agent(self.schedule, self.algorithm, memory_mode)
         if memory_mode == "shared_base":
             from waltzlit.agents.build import check_shared_base
 
@@ -101,13 +121,13 @@ class WaltzModule(LightningModule):
         built = build_agents(
             self.agent_configs,
             self.memory_mode,
-            needs_reference=any(self.algorithm.for_agent(role).kl_coef > 0 for role in ROLES),
+            needs_reference=any(self.algorithm.for_agent(role).kl_coef > 0 for role in self.roles),
             max_prompt_tokens=self.rollout_cfg.max_prompt_tokens,
             warm_start_records=self._warm_start_records,
         )
         self.agents, self.policies, self.references = built.agents, built.policies, built.references
         # Critics start from their agent's initial weights, so they are built before any update.
-        critic_roles = [role for role in ROLES if self.algorithm.for_agent(role).uses_critic]
+        critic_roles = [role for role in self.roles if self.algorithm.for_agent(role).uses_critic]
         cfgs = self.agent_configs
         self.critics = nn.ModuleDict(
             {role: build_critic(self.agents[role].model, cfgs[role].lora, cfgs[role].seed) for role in critic_roles}
@@ -130,7 +150,7 @@ class WaltzModule(LightningModule):
     def configure_optimizers(self):
         # Order: conversation, feedback, then the critics (PPO) in the same agent order.
         optimizers = []
-        for role in ROLES:
+        for role in self.roles:
             cfg = self.agent_configs[role]
             params = self.agents[role].trainable_parameters()
             optimizers.append(torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
@@ -143,7 +163,9 @@ class WaltzModule(LightningModule):
     def _optimizers_by_role(self) -> tuple[dict, dict]:
         """(policy optimizers, critic optimizers), each keyed by agent, in configure_optimizers' order."""
         optimizers = self.optimizers()
-        return dict(zip(ROLES, optimizers[: len(ROLES)])), dict(zip(self.critics, optimizers[len(ROLES) :]))
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]  # Lightning unwraps a single one
+        count = len(self.roles)
+        return dict(zip(self.roles, optimizers[:count])), dict(zip(self.critics, optimizers[count:]))
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -169,7 +191,9 @@ class WaltzModule(LightningModule):
         # Sampling and dropout draw from a stream seeded by the RL step: a resumed run repeats
         # the step exactly, whatever touched the global RNG since (see training/fault_tolerance.py).
         seed_step(step_seed(self.seed, self.rl_step, "train", self.global_rank))
-        conversation, feedback = self.agents["conversation"], self.agents["feedback"]
+        timer = StageTimer(self.device)  # logged as time/<stage>
+        # feedback is None in single-agent mode: the rollout is then c0 alone
+        conversation, feedback = self.agents["conversation"], self.agents.get("feedback")
         self._eval_mode()
         # [1] collaborative rollout: c0 -> f0 -> (c1 only where feedback triggered) ...
         # n samples per prompt and m feedbacks per c0 for group baselines (rollout/groups.py)
@@ -183,41 +207,57 @@ class WaltzModule(LightningModule):
             stop_on_invalid_json=until is None or self.rl_step < until,
             with_logprobs=not self.algorithm.recompute_old_logprobs,
             feedback_samples_per_response=m,
+            timer=timer,
         )
         groups = rollout_groups(len(batch), n, m)
         # [2] judge every conversation response -> alignment labels J(p, c_t)
-        judge_parse_errors = judge_episodes(self.judge, episodes)
+        with timer("judge"):
+            judge_parse_errors = judge_episodes(self.judge, episodes)
         # [3] rewards: R_c per response; eq. 2 per feedback turn with this stage's lambda
-        label_weight = self.reward_cfg.label_weight_stage1 if stage == 1 else self.reward_cfg.label_weight_stage2
-        scores = [score_episode(e, self.reward_cfg, label_weight) for e in episodes]
-        # [4] one sample per agent per episode
-        pad = {role: self.agents[role].tokenizer.pad_token_id for role in ROLES}
-        feedback_rewards = [[b.total for b in s.feedbacks] for s in scores]
-        batches = {"feedback": feedback_samples(episodes, feedback_rewards, rng, pad["feedback"], groups.feedback)[0]}
-        if stage == 2:  # stage 1 keeps the conversation agent frozen; it still rolls out
-            batches["conversation"] = conversation_samples(
-                episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng,
-                pad["conversation"], groups.conversation,
-            )[0]
+        with timer("rewards"):
+            label_weight = self.reward_cfg.label_weight_stage1 if stage == 1 else self.reward_cfg.label_weight_stage2
+            scores = [score_episode(e, self.reward_cfg, label_weight) for e in episodes]
+        # [4] one sample per trained agent per episode
+        with timer("samples"):
+            batches = self._samples(stage, episodes, scores, groups, rng)
         # [5] + [6] log-probs, advantages and one clipped update per trained agent (+ its critic)
         optimizers, critic_optimizers = self._optimizers_by_role()
         stats = {
-            role: self._update(role, agent_batch, optimizers[role], critic_optimizers.get(role))
+            role: self._update(role, agent_batch, optimizers[role], critic_optimizers.get(role), timer)
             for role, agent_batch in batches.items()
         }
 
         self.train_rates.update(episodes)
-        log_step(self, stage, episodes, scores, stats, judge_parse_errors, len(batch))
+        log_step(self, stage, episodes, scores, stats, judge_parse_errors, len(batch), timer.scalars())
         if self.schedule.log_transcripts_every and self.rl_step % self.schedule.log_transcripts_every == 0:
             log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="train/transcripts")
         self.rl_step += 1
         if self.rl_step >= self.schedule.total_rl_steps:
             self.trainer.should_stop = True
 
-    def _update(self, role: str, agent_batch, optimizer, critic_optimizer=None):
+    def _samples(self, stage: int, episodes, scores, groups, rng: random.Random) -> dict[str, AgentBatch]:
+        """[4] The samples of each agent trained at this stage, in update order (feedback first).
+
+        Stage 1 keeps the conversation agent frozen (it still rolls out). Without a feedback agent
+        every episode is (p, c0), so the conversation samples are all sample A.
+        """
+        batches = {}
+        if "feedback" in self.agents:
+            rewards = [[b.total for b in s.feedbacks] for s in scores]
+            pad = self.agents["feedback"].tokenizer.pad_token_id
+            batches["feedback"] = feedback_samples(episodes, rewards, rng, pad, groups.feedback)[0]
+        if stage == 2:
+            batches["conversation"] = conversation_samples(
+                episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng,
+                self.agents["conversation"].tokenizer.pad_token_id, groups.conversation,
+            )[0]
+        return batches
+
+    def _update(self, role: str, agent_batch, optimizer, critic_optimizer=None, timer: StageTimer | None = None):
         agent, cfg, algo = self.agents[role], self.agent_configs[role], self.algorithm.for_agent(role)
         critic = dict(self.critics).get(role)
-        agent_batch, advantages, kl = prepare_batch(agent, agent_batch, algo, critic)
+        with timed(timer, f"logprobs/{role}"):  # old + reference log-probs (and critic values)
+            agent_batch, advantages, kl = prepare_batch(agent, agent_batch, algo, critic)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
 
         def clipper(params):
@@ -234,17 +274,18 @@ class WaltzModule(LightningModule):
         world = self.trainer.world_size
         reduce_sum = (lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum")) if world > 1 else None
         distributed = {"reduce_sum": reduce_sum, "world_size": world}
-        stats = policy_update(
-            agent, agent_batch, advantages, kl, algo, optimizer, self.manual_backward,
-            clipper(agent.trainable_parameters()), generator(""),
-            max_response_tokens=getattr(self.rollout_cfg, role).max_new_tokens, **distributed,
-        )
-        if critic is not None:
-            critic_stats = value_update(
-                critic, agent_batch, algo, critic_optimizer, self.manual_backward,
-                clipper(critic.trainable_parameters()), generator("/critic"), **distributed,
+        with timed(timer, f"update/{role}"):  # the policy's (and its critic's) optimizer steps
+            stats = policy_update(
+                agent, agent_batch, advantages, kl, algo, optimizer, self.manual_backward,
+                clipper(agent.trainable_parameters()), generator(""),
+                max_response_tokens=getattr(self.rollout_cfg, role).max_new_tokens, **distributed,
             )
-            stats = dataclasses.replace(stats, extra={**stats.extra, **critic_stats})
+            if critic is not None:
+                critic_stats = value_update(
+                    critic, agent_batch, algo, critic_optimizer, self.manual_backward,
+                    clipper(critic.trainable_parameters()), generator("/critic"), **distributed,
+                )
+                stats = dataclasses.replace(stats, extra={**stats.extra, **critic_stats})
         return stats
 
     # ----------------------------------------------------------------- validation
@@ -257,7 +298,7 @@ class WaltzModule(LightningModule):
     def _validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
         self._eval_mode()
         with torch.no_grad():
-            episodes = run_episodes(self.agents["conversation"], self.agents["feedback"], batch, self.rollout_cfg)
+            episodes = run_episodes(self.agents["conversation"], self.agents.get("feedback"), batch, self.rollout_cfg)
         judge_episodes(self.judge, episodes)
         self.val_rates.update(episodes)
         if batch_idx == 0:

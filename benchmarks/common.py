@@ -1,0 +1,124 @@
+"""Fixtures shared by the speed benchmarks (docs: shared/docs/perf-anchors.md §2).
+
+- Tokenizer: the one bundled with waltzlit (byte-level BPE, vocab 512, chat template).
+- Models: randomly initialised ``LlamaForCausalLM`` (seed 0), saved with ``save_pretrained``
+  because TRL reloads its reference model from the policy's path. tiny = h64 L2 (0.14 M
+  parameters), mid = h512 L4 (12.1 M).
+- Prompts: 64 one-turn chats from 8 templates filled with random words (seed 1); 9-18 tokens
+  after the chat template.
+- Timing helpers: medians, a one-line machine description, ``uptime`` (what else was running).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+CACHE = Path(os.environ.get("WALTZLIT_BENCH_CACHE", "/tmp/waltzlit_bench"))
+
+SIZES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "mid": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=4),
+}
+
+TEMPLATES = (
+    "Tell me a story about the {a} {b}.",
+    "How do I make a {a} with a {b}?",
+    "Explain why the {a} is {b}.",
+    "Write a poem about {a} and {b}.",
+    "What is the best way to clean a {a}?",
+    "Give me three facts about the {a} {b}.",
+    "Can you describe a {a} to a child?",
+    "Compare the {a} and the {b} for me.",
+)
+WORDS = ("moon", "river", "count", "garden", "lamp", "violin", "harbor", "cloud", "pepper", "engine",
+         "forest", "kettle", "mirror", "saddle", "bright", "quiet", "orange", "winter", "ladder", "candle")
+
+
+def prompts(count: int = 64, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [TEMPLATES[i % len(TEMPLATES)].format(a=rng.choice(WORDS), b=rng.choice(WORDS)) for i in range(count)]
+
+
+def model_dir(size: str) -> Path:
+    """The saved random model of ``size`` (built on first use; deterministic)."""
+    folder = CACHE / f"llama-{size}"
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from waltzlit.agents.tiny import TINY_TOKENIZER_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **SIZES[size])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import torch
+
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table (also readable on a terminal)."""
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def trl_available() -> bool:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":  # build the fixtures ahead of time
+    for size in SIZES:
+        print(model_dir(size))
+    print(prompts(3), file=sys.stderr)

@@ -1,0 +1,195 @@
+"""One GRPO-style RL run on the equal-work shapes, by three implementations, with step hooks.
+
+Work per step (perf-anchors §3): 2 prompts x 4 completions = 8 sampled completions of at most 64
+tokens (T=1, top_p=1, top_k=0), reference model on (beta), one policy forward+backward, gradient
+clip 1.0 and one AdamW step (lr 1e-4). Each runner calls ``hooks.begin()`` / ``hooks.end(tokens)``
+around every step, where ``tokens`` is the number of generated tokens (EOS included):
+
+- ``run_waltzlit``: a Lightning ``Trainer`` fitting ``WaltzModule(feedback=None)`` (single-agent
+  GRPO, k3 KL in the loss, token-mean); a callback brackets ``training_step`` (the real code path,
+  TensorBoard logging included, as in a normal run).
+- ``run_trl``: TRL's ``GRPOTrainer`` exactly as in perf-anchors §3 (fp32, no gradient
+  checkpointing); a ``TrainerCallback`` brackets on_step_begin..on_step_end.
+- ``run_bare``: plain PyTorch + HF ``generate`` (one batched generate, old and reference
+  log-probs, one backward and optimizer step).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from common import model_dir, prompts
+
+PROMPTS_PER_STEP, COMPLETIONS, MAX_NEW, LR = 2, 4, 64, 1e-4
+
+
+class Hooks:
+    """Default hooks: record (seconds, generated tokens) per step."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int]] = []
+        self._start = 0.0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def end(self, tokens: int) -> None:
+        self.steps.append((time.perf_counter() - self._start, tokens))
+
+    def finish(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- waltzlit
+def waltzlit_module(size: str, beta: float, steps: int):
+    from waltzlit.config import AgentConfig, AlgorithmConfig, RolloutConfig, SamplingConfig, ScheduleConfig
+    from waltzlit.training.module import WaltzModule
+
+    folder = str(model_dir(size))
+    agent = AgentConfig(model=folder, tokenizer=folder, system_prompt="", lr=LR, betas=(0.9, 0.999))
+    sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0)
+    return WaltzModule(
+        conversation=agent,
+        feedback=None,
+        rollout=RolloutConfig(conversation=sampling, generation_batch_size=PROMPTS_PER_STEP * COMPLETIONS),
+        algorithm=AlgorithmConfig(advantage_estimator="grpo", samples_per_prompt=COMPLETIONS, kl_coef=beta,
+                                  kl_placement="loss", kl_estimator="k3", loss_aggregation="token-mean",
+                                  micro_batch_size=PROMPTS_PER_STEP * COMPLETIONS),
+        schedule=ScheduleConfig(total_rl_steps=steps, stage1_steps=0, log_transcripts_every=0),
+    )
+
+
+def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
+    from lightning.pytorch import Callback, LightningDataModule, Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from waltzlit.types import PromptRecord
+
+    records = [PromptRecord(p, False, "bench") for p in prompts()]
+    records = records * (-(-steps * PROMPTS_PER_STEP // len(records)))
+
+    class Prompts(LightningDataModule):  # records stay on the CPU, as PromptDataModule keeps them
+        def train_dataloader(self):
+            return DataLoader(records, batch_size=PROMPTS_PER_STEP, collate_fn=list)
+
+        def transfer_batch_to_device(self, batch, device, dataloader_idx):
+            return batch
+
+    class StepTimer(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            hooks.begin()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            length = float(trainer.callback_metrics["train/conversation/response_length"])
+            hooks.end(round(length * PROMPTS_PER_STEP * COMPLETIONS))
+
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = Trainer(
+            accelerator="cpu", devices=1, max_epochs=-1, logger=TensorBoardLogger(logs, name="bench"),
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[StepTimer()], default_root_dir=logs,
+        )
+        trainer.fit(waltzlit_module(size, beta, steps), datamodule=Prompts())
+    hooks.finish()
+
+
+# ----------------------------------------------------------------------------- TRL
+def length_reward(completions, **kwargs) -> list[float]:
+    return [min(len(c[0]["content"] if isinstance(c, list) else c), 256) / 256 for c in completions]
+
+
+def run_trl(size: str, beta: float, steps: int, hooks: Hooks) -> None:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts()]
+    lengths: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            hooks.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            hooks.end(0)  # tokens filled in from the step's logged mean length below
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * COMPLETIONS,
+                         num_generations=COMPLETIONS, max_completion_length=MAX_NEW, beta=beta, learning_rate=LR,
+                         report_to="none", use_cpu=True, logging_steps=1, max_steps=steps, save_strategy="no",
+                         seed=0, dataloader_num_workers=0, disable_tqdm=True, bf16=False,
+                         gradient_checkpointing=False)
+        trainer = GRPOTrainer(model=str(model_dir(size)), reward_funcs=length_reward, args=cfg,
+                              train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()])
+        trainer.train()
+    # TRL's mean_length counts completion tokens (EOS included), as the other runners do.
+    hooks.steps = [(s, round(n * PROMPTS_PER_STEP * COMPLETIONS)) for (s, _), n in zip(hooks.steps, lengths)]
+    hooks.finish()
+
+
+# ----------------------------------------------------------------------------- bare loop
+def _logps(model, ids, attention, n):
+    logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=n + 1).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, -n:, None]).squeeze(-1)
+
+
+def run_bare(size: str, beta: float, steps: int, hooks: Hooks, old_forward: bool = True) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder = str(model_dir(size))
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(folder)
+    ref = AutoModelForCausalLM.from_pretrained(folder).eval().requires_grad_(False) if beta > 0 else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR)
+    gen = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    texts = prompts()
+    for step in range(steps):
+        hooks.begin()
+        chats = [[{"role": "user", "content": texts[(step * PROMPTS_PER_STEP + i) % len(texts)]}]
+                 for i in range(PROMPTS_PER_STEP) for _ in range(COMPLETIONS)]
+        enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
+                                      return_tensors="pt")
+        with torch.no_grad():
+            out = policy.generate(**enc, generation_config=gen)
+        width = enc["input_ids"].shape[1]
+        completion = out[:, width:]
+        n = completion.shape[1]
+        is_eos = completion == tok.eos_token_id
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(out),), n))
+        mask = (torch.arange(n)[None] <= first[:, None]).float()  # up to and including the first EOS
+        attention = torch.cat([enc["attention_mask"], mask.long()], 1)
+        with torch.no_grad():
+            old = _logps(policy, out, attention, n) if old_forward else None
+            ref_lp = _logps(ref, out, attention, n) if ref is not None else None
+        rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion])
+        grouped = rewards.view(-1, COMPLETIONS)
+        adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+        policy.train()
+        lp = _logps(policy, out, attention, n)
+        old_lp = old if old is not None else lp.detach()
+        ratio = torch.exp(lp - old_lp)
+        per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+        if ref_lp is not None:
+            per_token = per_token + beta * (torch.exp(ref_lp - lp) - (ref_lp - lp) - 1)
+        loss = (per_token * mask).sum() / mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        policy.eval()
+        hooks.end(int(mask.sum()))
+    hooks.finish()
+
+
+RUNNERS = {"waltzlit": run_waltzlit, "trl": run_trl, "bare": run_bare}

@@ -91,3 +91,19 @@ def test_shared_base_rejects_mismatched_agents():
     configs["feedback"].lora = None
     with pytest.raises(ValueError, match="model.feedback.lora"):
         build_agents(configs, "shared_base", True, 512, builtin_prompts)
+
+
+def test_separate_lora_agents_have_their_own_base_as_reference():
+    torch.manual_seed(0)
+    built = build_agents(_configs(), "separate", needs_reference=True, max_prompt_tokens=512,
+                         warm_start_records=builtin_prompts)
+    conversation, feedback = built.agents["conversation"], built.agents["feedback"]
+    assert conversation.model is not feedback.model and len(built.references) == 0  # no frozen copies
+    batch = _batch(conversation)
+    with conversation.model.disable_adapter():
+        base_logprobs = response_logprobs(conversation.model, batch)[0]
+    feedback_before = _snapshot(feedback.model, "lora_")
+    _update(conversation, batch)
+    assert torch.allclose(conversation.reference_logprobs(batch), base_logprobs, atol=1e-5)
+    assert not torch.allclose(conversation.policy_logprobs(batch)[0].detach(), base_logprobs, atol=1e-5)
+    assert all(torch.equal(v, _snapshot(feedback.model, "lora_")[n]) for n, v in feedback_before.items())

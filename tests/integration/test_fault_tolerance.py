@@ -81,7 +81,9 @@ def _assert_resumed_exactly(reference_cli, reference_root, resumed_cli, *partial
     compared = {k: v for k, v in seen.items() if not k[0].startswith("time/")}
     extra_val = {k for k in compared if k not in expected and k[0].startswith("val/")}
     mismatched = {
-        k: (expected.get(k), v) for k, v in compared.items() if k not in extra_val and not _same(expected.get(k, math.inf), v)
+        k: (expected.get(k), v)
+        for k, v in compared.items()
+        if k not in extra_val and not _same(expected.get(k, math.inf), v)
     }
     assert not mismatched, f"resumed run differs from the uninterrupted one: {mismatched}"
     train_tags = {k for k in expected if k[0].startswith("train/")}

@@ -40,7 +40,9 @@ PARSE_TIME = {
     "unknown policy loss": (["--model.algorithm.policy_loss=magic_clip"], ["policy_loss", "magic_clip", "ppo_clip"]),
     "unknown KL estimator": (["--model.algorithm.kl_estimator=k9"], ["kl_estimator", "'k1', 'k2', 'k3'"]),
     "clip eps out of range": (["--model.algorithm.clip_eps=1.5"], ["clip_eps", "(0, 1)"]),
-    "unknown judge": (["--model.judge.class_path=waltzlit.judges.NoSuchJudge"], ["model.judge", "NoSuchJudge", "Judge"]),
+    "unknown judge": (
+        ["--model.judge.class_path=waltzlit.judges.NoSuchJudge"], ["model.judge", "NoSuchJudge", "Judge"]
+    ),
     "judge parse policy": (
         [HTTP_JUDGE, "--model.judge.init_args.on_parse_error=maybe"], ["on_parse_error", "maybe", "unsafe"]
     ),

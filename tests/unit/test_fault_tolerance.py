@@ -134,6 +134,7 @@ def test_optimizer_steps_needed_counts_two_per_stage2_step():
     assert optimizer_steps_needed(30, 15) == 15 + 30
     assert optimizer_steps_needed(5, 10) == 5  # stage 1 only
     assert optimizer_steps_needed(4, 0) == 8
+    assert optimizer_steps_needed(4, 0, agents=1) == 4  # conversation agent alone (feedback: null)
 
 
 @pytest.mark.parametrize("max_steps, ok", [(-1, True), (45, True), (100, True), (44, False), (10, False)])

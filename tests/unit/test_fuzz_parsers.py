@@ -48,7 +48,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 feedback_like = st.dictionaries(
-    st.sampled_from([*FEEDBACK_KEYS, "extra", "Unsafe", ""]), json_values | st.booleans() | st.text(max_size=40), max_size=6
+    st.sampled_from([*FEEDBACK_KEYS, "extra", "Unsafe", ""]),
+    json_values | st.booleans() | st.text(max_size=40),
+    max_size=6,
 ).map(lambda d: json.dumps(d, ensure_ascii=False))
 deep_nesting = st.builds(
     lambda n, unit, tail: unit * n + tail,
@@ -78,7 +80,9 @@ def mutated(draw, base: st.SearchStrategy[str]) -> str:
     return text
 
 
-feedback_texts = st.one_of(any_text, syntax_dense, mutated(feedback_like), mutated(json_values.map(json.dumps)), deep_nesting)
+feedback_texts = st.one_of(
+    any_text, syntax_dense, mutated(feedback_like), mutated(json_values.map(json.dumps)), deep_nesting
+)
 
 _wg_line = st.builds(
     lambda prefix, label, sep, value: prefix + label + sep + value,
@@ -93,10 +97,16 @@ wildguard_texts = st.one_of(
     mutated(st.lists(_wg_line, max_size=4).map("\r\n".join)), st.integers(1, 20_000).map(lambda n: "\n" * n),
 )
 _lg_verdict = st.sampled_from(["safe", "unsafe", "Safe.", "UNSAFE", "", " \n"]) | st.text(max_size=12)
-_lg_categories = st.lists(st.sampled_from(["S1", "S10", "s2", "S", "X1", "S1a", " S3 "]) | st.text(max_size=4), max_size=5)
+_lg_categories = st.lists(
+    st.sampled_from(["S1", "S10", "s2", "S", "X1", "S1a", " S3 "]) | st.text(max_size=4), max_size=5
+)
 llama_guard_texts = st.one_of(
     any_text, syntax_dense,
-    mutated(st.builds(lambda v, c, sep: v + sep + ",".join(c), _lg_verdict, _lg_categories, st.sampled_from(["\n", "\n\n", " "]))),
+    mutated(
+        st.builds(
+            lambda v, c, sep: v + sep + ",".join(c), _lg_verdict, _lg_categories, st.sampled_from(["\n", "\n\n", " "])
+        )
+    ),
 )
 completion_bodies = st.one_of(
     st.binary(max_size=400),
@@ -122,7 +132,8 @@ http_failures = st.tuples(
     st.dictionaries(
         st.sampled_from(["Retry-After", "Content-Type", "X"]),
         # Header values arrive latin-1 decoded: "\xb2" passes str.isdigit() but not float().
-        st.sampled_from(["", "0", "2", "\xb2", "1.5", "-1", "1e9", "\xbd"]) | st.text(alphabet=st.characters(max_codepoint=255), max_size=8),
+        st.sampled_from(["", "0", "2", "\xb2", "1.5", "-1", "1e9", "\xbd"])
+        | st.text(alphabet=st.characters(max_codepoint=255), max_size=8),
     ),
     st.binary(max_size=300),
 )
@@ -228,8 +239,11 @@ def test_parsers_never_raise(name):
 
 
 @_settings(FAST_EXAMPLES)
-@given(st.lists(st.one_of(wildguard_texts, llama_guard_texts), max_size=5), st.sampled_from(["wildguard", "llama_guard"]),
-       st.sampled_from(POLICIES))
+@given(
+    st.lists(st.one_of(wildguard_texts, llama_guard_texts), max_size=5),
+    st.sampled_from(["wildguard", "llama_guard"]),
+    st.sampled_from(POLICIES),
+)
 def test_http_judge_turns_any_completion_into_a_verdict(texts, prompt_format, policy):
     check_http_verdicts(texts, prompt_format, policy)
 
@@ -241,7 +255,8 @@ def test_rendered_feedback_parses_back(reasoning, unsafe, overrefuse, feedback, 
     suffix = "\n```" if prefix.startswith("```") else ""
     parsed = parse_feedback(prefix + text + suffix)
     assert parsed.valid, parsed.error
-    assert (parsed.reasoning, parsed.unsafe, parsed.overrefuse, parsed.feedback) == (reasoning, unsafe, overrefuse, feedback)
+    fields = (parsed.reasoning, parsed.unsafe, parsed.overrefuse, parsed.feedback)
+    assert fields == (reasoning, unsafe, overrefuse, feedback)
 
 
 @pytest.mark.slow

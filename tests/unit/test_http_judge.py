@@ -116,7 +116,8 @@ def test_normal_replies_and_request_format(server, monkeypatch):
     monkeypatch.setenv("JUDGE_TEST_KEY", "secret-123")
     judge = OpenAIChatJudge(base_url=server.base_url + "/", model="wg", api_key_env="JUDGE_TEST_KEY", **FAST)
     assert judge.judge(RECORDS, RESPONSES) == [JudgeVerdict(True, False), JudgeVerdict(False, True)]
-    request = server.requests[0]
+    # Requests run concurrently: find the first record's by its content, not by arrival order.
+    request = next(r for r in server.requests if RECORDS[0].prompt in r["body"]["messages"][0]["content"])
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer secret-123"
     body = request["body"]
     assert body["model"] == "wg" and body["temperature"] == 0.0
@@ -195,7 +196,8 @@ def test_client_error_is_not_retried(server):
 def test_llama_guard_format(server):
     judge = OpenAIChatJudge(base_url=server.base_url, prompt_format="llama_guard", **FAST)
     assert judge.judge(RECORDS, RESPONSES) == [JudgeVerdict(True, False), JudgeVerdict(False, True)]
-    assert server.requests[0]["body"]["messages"][1] == {"role": "assistant", "content": RESPONSES[0]}
+    # Requests run concurrently: their arrival order is not the records' order.
+    assert {"role": "assistant", "content": RESPONSES[0]} in [r["body"]["messages"][1] for r in server.requests]
 
 
 def test_concurrency_is_bounded(server):

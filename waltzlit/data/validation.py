@@ -27,6 +27,7 @@ def check_local_paths(sources: Sequence[PromptSourceConfig], key: str) -> None:
     for index, cfg in enumerate(sources):
         if cfg.path and _looks_local(cfg, cfg.path) and not Path(cfg.path).expanduser().exists():
             raise FileNotFoundError(
-                f"{key}[{index}].path: no such file or directory: {cfg.path!r} (source {cfg.name!r}). Allowed: an "
-                "existing local .csv/.tsv/.jsonl/.json/.parquet file or snapshot directory, an http(s) URL, or a hub id."
+                f"{key}[{index}].path: no such file or directory: {cfg.path!r} (source {cfg.name!r}). Allowed: "
+                "an existing local .csv/.tsv/.jsonl/.json/.parquet file or snapshot directory, an http(s) URL, "
+                "or a hub id."
             )

@@ -100,7 +100,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         _fsync_directory(target.parent)
 
-    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # None means "the caller did not choose": choose safety, whatever torch's default is.
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
 
@@ -115,8 +117,10 @@ def plain_values(value: Any) -> Any:
         return {f.name: plain_values(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {k: plain_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_values(v) for v in value)
+    if isinstance(value, list):
+        return [plain_values(v) for v in value]
+    if isinstance(value, tuple):  # named tuples too: the weights_only unpickler knows plain tuples only
+        return tuple(plain_values(v) for v in value)
     return value
 
 
@@ -151,10 +155,12 @@ def isolated_rng(value: int) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- the callback
-def optimizer_steps_needed(total_rl_steps: int, stage1_steps: int) -> int:
-    """Optimizer steps (``trainer.global_step``) of a whole run: 1 per stage-1 RL step, 2 per stage-2 step."""
+def optimizer_steps_needed(total_rl_steps: int, stage1_steps: int, agents: int = 2) -> int:
+    """The fewest optimizer steps (``trainer.global_step``) of a whole run: one per trained agent per
+    RL step (stage 1 trains the feedback agent only). More update epochs, mini-batches or critics
+    only add steps, so a ``max_steps`` below this always ends the run early."""
     stage1 = min(stage1_steps, total_rl_steps)
-    return stage1 + 2 * (total_rl_steps - stage1)
+    return stage1 + agents * (total_rl_steps - stage1)
 
 
 def check_trainer_limits(trainer: Trainer, module: LightningModule) -> None:
@@ -166,13 +172,14 @@ def check_trainer_limits(trainer: Trainer, module: LightningModule) -> None:
     schedule = getattr(module, "schedule", None)
     if schedule is None or trainer.max_steps in (-1, None):
         return
-    needed = optimizer_steps_needed(schedule.total_rl_steps, schedule.stage1_steps)
+    agents = len(getattr(module, "roles", ("conversation", "feedback")))
+    needed = optimizer_steps_needed(schedule.total_rl_steps, schedule.stage1_steps, agents)
     if trainer.max_steps < needed:
         where = "before the stage switch" if trainer.max_steps < schedule.stage1_steps else "early"
         raise ValueError(
             f"trainer.max_steps: {trainer.max_steps} optimizer steps would end the run {where}; the schedule "
             f"(model.schedule.total_rl_steps={schedule.total_rl_steps}, stage1_steps={schedule.stage1_steps}) needs "
-            f"{needed}. Allowed: -1 (default; the run ends at total_rl_steps) or >= {needed}. "
+            f"at least {needed}. Allowed: -1 (default; the run ends at total_rl_steps) or >= {needed}. "
             "Set the run length with model.schedule.total_rl_steps."
         )
 

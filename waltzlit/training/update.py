@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.critic import ValueModel
@@ -54,15 +55,22 @@ def prepare_batch(
 
     The KL enters the advantage estimator only with ``kl_placement: reward``; with "loss" the
     reference log-probs are kept for the loss and the KL here is only logged.
+
+    When :func:`old_logprobs_from_update` holds, no forward pass is made for pi_old: the batch's
+    ``old_logprobs`` stay None and :func:`policy_update` fills them from its own forward (the KL
+    returned here is then zero; the logged KL is computed after the update).
     """
     mask = batch.response_mask
-    if algo.recompute_old_logprobs or batch.generation_logprobs is None:
+    if old_logprobs_from_update(agent, len(batch), algo, critic):
+        batch.old_logprobs = None
+    elif algo.recompute_old_logprobs or batch.generation_logprobs is None:
         batch.old_logprobs = _in_micro_batches(batch, algo.micro_batch_size, lambda mb: agent.policy_logprobs(mb)[0])
     else:
         batch.old_logprobs = batch.generation_logprobs.clone()
     if algo.kl_coef > 0:
         batch.ref_logprobs = _in_micro_batches(batch, algo.micro_batch_size, agent.reference_logprobs)
-        kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, algo.kl_estimator) * mask
+        old = batch.old_logprobs
+        kl = torch.zeros_like(mask) if old is None else kl_penalty(old, batch.ref_logprobs, algo.kl_estimator) * mask
     else:
         kl = torch.zeros_like(mask)
     if algo.uses_critic and critic is None:
@@ -85,6 +93,35 @@ def prepare_batch(
     if critic is not None:
         batch.returns = out.returns
     return batch, out.advantages, kl
+
+
+def old_logprobs_from_update(agent: Agent, batch_size: int, algo: AlgorithmConfig, critic=None) -> bool:
+    """Whether log pi_old can be read off the update's own forward pass instead of an extra one.
+
+    With a single optimizer step over the whole batch (one epoch, one mini-batch) every row's loss
+    forward runs before any weight changes, so its detached log-probs *are* pi_old, and the ratio
+    is exactly 1 (TRL does the same at ``num_iterations=1``). Not when the advantages need pi_old
+    before the update (KL in the reward, a critic), when the loss forward could differ from the
+    eval-mode pi_old (dropout), or when ``recompute_old_logprobs: false`` asks for the generation
+    log-probs.
+    """
+    single_step = algo.update_epochs == 1 and (algo.mini_batch_size is None or algo.mini_batch_size >= batch_size)
+    kl_free_advantages = algo.kl_coef == 0 or algo.kl_placement == "loss"
+    no_critic = critic is None and not algo.uses_critic
+    return algo.recompute_old_logprobs and single_step and kl_free_advantages and no_critic and _dropout_free(agent)
+
+
+def _dropout_free(agent: Agent) -> bool:
+    """No dropout anywhere in the policy: dropout modules (LoRA's included) and the functional
+    dropouts that Hugging Face configs switch on (``attention_dropout`` ...). Unknown agents: False."""
+    model = getattr(agent, "model", None)
+    if not isinstance(model, nn.Module):
+        return False
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return False
+    config = getattr(model, "config", None)
+    values = config.to_dict().items() if hasattr(config, "to_dict") else ()
+    return not any("dropout" in key and isinstance(value, (int, float)) and value > 0 for key, value in values)
 
 
 def _in_micro_batches(batch: AgentBatch, size: int, fn: Callable[[AgentBatch], torch.Tensor]) -> torch.Tensor:
@@ -131,6 +168,8 @@ def _micro_loss(
     ``dp_actor``). Returns the loss and detached diagnostics (token means over the micro-batch).
     """
     logprobs, entropy = agent.policy_logprobs(micro, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
+    if micro.old_logprobs is None:  # an on-policy step (old_logprobs_from_update): this forward is pi_old
+        micro.old_logprobs = logprobs.detach()
     device = logprobs.device
     mask = micro.response_mask.to(device)
     out = POLICY_LOSSES[algo.policy_loss](
@@ -192,6 +231,9 @@ def policy_update(
     # this agent's whole update; the skip is reported like a non-finite loss.
     skipped = not bool(torch.isfinite(advantages).all())
     schedule = [] if skipped else minibatch_schedule(len(batch), algo, generator)
+    # pi_old read off this update's forward (see old_logprobs_from_update), filled row by row
+    observed_old = torch.zeros_like(mask) if batch.old_logprobs is None else None
+    observed_rows = torch.zeros(len(batch), dtype=torch.bool)
     with agent.training_mode(True):
         for micro_batches in schedule:
             rows = torch.cat(micro_batches)
@@ -203,6 +245,8 @@ def policy_update(
             for part in micro_batches:
                 micro = batch.select(part)
                 loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
+                if observed_old is not None:
+                    observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -223,6 +267,10 @@ def policy_update(
             for key, value in step_sums.items():
                 sums[key] += value
     per_step = {key: value / max(steps, 1) for key, value in sums.items()}
+    if observed_old is not None and bool(observed_rows.all()):
+        batch.old_logprobs = observed_old
+        if batch.ref_logprobs is not None:  # the KL of pi_old to the reference, logged as before
+            kl = kl_penalty(observed_old, batch.ref_logprobs, algo.kl_estimator) * mask
     mismatch = float("nan")
     if batch.generation_logprobs is not None and batch.old_logprobs is not None:
         mismatch = float(masked_mean((batch.generation_logprobs - batch.old_logprobs).abs(), mask))

@@ -198,12 +198,16 @@ def _micro_loss(
     return loss, diagnostics
 
 
-def _on_any_rank(flag: bool, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None) -> bool:
-    """True when ``flag`` holds on any data-parallel rank. Skipping an update is collective: a rank
-    that skipped its backward while others ran theirs would leave the gradient all-reduce hanging."""
-    if reduce_sum is None:
+def _on_any_rank(flag: bool) -> bool:
+    """True when ``flag`` holds on any process. Skipping an update is collective: a rank that
+    skipped its backward while others ran theirs would leave the gradient all-reduce hanging."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return flag
-    return bool(reduce_sum(torch.tensor([float(flag)])).item() > 0)
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def policy_update(
@@ -237,7 +241,7 @@ def policy_update(
     grad_norm, steps = 0.0, 0
     # A non-finite advantage (a NaN/inf reward, a diverged KL) would poison every pass: skip
     # this agent's whole update; the skip is reported like a non-finite loss.
-    skipped = _on_any_rank(not bool(torch.isfinite(advantages).all()), reduce_sum)
+    skipped = _on_any_rank(not bool(torch.isfinite(advantages).all()))
     schedule = [] if skipped else minibatch_schedule(len(batch), algo, generator)
     # pi_old read off this update's forward (see old_logprobs_from_update), filled row by row
     observed_old = torch.zeros_like(mask) if batch.old_logprobs is None else None
@@ -255,7 +259,7 @@ def policy_update(
                 loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
                 if observed_old is not None:
                     observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
-                if _on_any_rank(not bool(torch.isfinite(loss)), reduce_sum):
+                if _on_any_rank(not bool(torch.isfinite(loss))):
                     finite = False
                     break
                 backward(loss * world_size)

@@ -20,8 +20,7 @@ import tempfile
 import time
 
 import torch
-
-from common import model_dir, prompts
+from common import model_dir, prompts  # benchmarks/common.py (scripts run from benchmarks/ on sys.path)
 
 PROMPTS_PER_STEP, COMPLETIONS, MAX_NEW, LR = 2, 4, 64, 1e-4
 
@@ -31,6 +30,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self.steps: list[tuple[float, int]] = []
+        self.stages: list[dict[str, float]] = []  # waltzlit only: its time/<stage> scalars per step
         self._start = 0.0
 
     def begin(self) -> None:
@@ -84,8 +84,10 @@ def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
             hooks.begin()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            length = float(trainer.callback_metrics["train/conversation/response_length"])
+            metrics = trainer.callback_metrics
+            length = float(metrics["train/conversation/response_length"])
             hooks.end(round(length * PROMPTS_PER_STEP * COMPLETIONS))
+            hooks.stages.append({k[5:]: float(v) for k, v in metrics.items() if k.startswith("time/")})
 
     with tempfile.TemporaryDirectory() as logs:
         trainer = Trainer(

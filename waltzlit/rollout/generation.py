@@ -7,6 +7,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from waltzlit.config import SamplingConfig
+from waltzlit.rollout.sampler import lean_sampling_supported, sample_tokens
 from waltzlit.types import Generation
 
 
@@ -67,6 +68,8 @@ def generate_turns(
     Each response is cut after its first EOS (kept: the policy must learn to stop). Log-probs are
     of the untempered policy, log_softmax of the raw logits, which is the pi of the RL objective;
     ``with_logprobs=False`` skips them (``generate`` then keeps no per-step logits in memory).
+    Sampling runs in the lean loop of ``rollout/sampler.py`` (the same tokens as ``generate``, with
+    less per-token overhead) wherever that loop is exact, else in ``model.generate``.
     """
     results: list[Generation] = []
     device = next(model.parameters()).device
@@ -80,22 +83,29 @@ def generate_turns(
         # forward passes are collectives, so this rank joins them with throw-away contexts.
         filler = torch.tensor([tokenizer.eos_token_id], dtype=torch.long)
         contexts = list(contexts) + [filler] * ((calls - 1) * batch_size + 1 - real)
+    lean = lean_sampling_supported(model, distributed_world())
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
-        out = model.generate(
-            synced_gpus=distributed_world() > 1,
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids),
-            return_dict_in_generate=True,
-            output_logits=with_logprobs,
-            **_sampling_kwargs(sampling),
-        )
-        new_tokens = out.sequences[:, ids.shape[1] :]
-        token_logprobs = _sampled_logprobs(out.logits, new_tokens).cpu() if with_logprobs else None
+        if lean:
+            new_tokens, token_logprobs = sample_tokens(
+                model, ids.to(device), mask.to(device), sampling, sorted(eos_ids), tokenizer.pad_token_id, with_logprobs
+            )
+        else:
+            out = model.generate(
+                synced_gpus=distributed_world() > 1,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=sampling.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(eos_ids),
+                return_dict_in_generate=True,
+                output_logits=with_logprobs,
+                **_sampling_kwargs(sampling),
+            )
+            new_tokens = out.sequences[:, ids.shape[1] :]
+            token_logprobs = _sampled_logprobs(out.logits, new_tokens) if with_logprobs else None
+        token_logprobs = token_logprobs.cpu() if token_logprobs is not None else None
         new_tokens = new_tokens.cpu()
         for row, context in enumerate(chunk):
             tokens = new_tokens[row]

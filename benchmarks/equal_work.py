@@ -1,0 +1,186 @@
+"""Equal work: waltzlit (single-agent GRPO) vs TRL's GRPOTrainer vs a bare PyTorch loop.
+
+    python benchmarks/equal_work.py                      # tiny and mid, torch's default threads
+    python benchmarks/equal_work.py --threads 1          # robust to other jobs on a 2-core machine
+    python benchmarks/equal_work.py --sizes tiny --steps 20
+
+Benchmarks 1 and 2 of the performance issue in one run. Each implementation runs in its own
+process (``benchmarks/runners.py``: same saved model, prompts, 2 prompts x 4 completions of <= 64
+tokens, beta 0.01 with a reference model, one AdamW step per RL step) and the processes take turns
+*step by step*: a process may start a step only when the driver hands it the baton, and it hands
+the baton back when it reaches its next step (so post-step bookkeeping never overlaps another
+process's timed step). The turn order rotates each round. On this noisy 2-core machine,
+interleaving at step granularity spreads other jobs' load evenly over the contestants.
+
+Reported per implementation: median seconds per RL step over the steps after ``--warmup`` (IQR in
+brackets), generated tokens per step (EOS included) and per second, and for waltzlit its stage
+medians (the ``time/<stage>`` scalars it logs). TRL is skipped cleanly when not installed
+(``pip install -e '.[bench]'`` or ``pip install --no-deps trl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, median, model_dir, table, trl_available, uptime, write_result  # noqa: E402
+
+
+class BatonHooks:
+    """Runner hooks that wait for the driver's baton before every step (see the module docstring)."""
+
+    def __init__(self, conn) -> None:
+        from runners import Hooks
+
+        self.conn, self.inner = conn, Hooks()
+
+    @property
+    def steps(self):
+        return self.inner.steps
+
+    @steps.setter
+    def steps(self, value):
+        self.inner.steps = value
+
+    @property
+    def stages(self):
+        return self.inner.stages
+
+    def begin(self) -> None:
+        self.conn.send("ready")  # the previous step and its bookkeeping are done
+        self.conn.recv()  # wait for this process's turn
+        self.inner.begin()
+
+    def end(self, tokens: int) -> None:
+        self.inner.end(tokens)
+
+    def finish(self) -> None:
+        pass
+
+
+def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, conn) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from runners import RUNNERS
+
+    hooks = BatonHooks(conn)
+    try:
+        if name == "bare (no old fwd)":
+            RUNNERS["bare"](size, beta, steps, hooks, old_forward=False)
+        else:
+            RUNNERS[name](size, beta, steps, hooks)
+        conn.send(("done", hooks.steps, hooks.stages))
+    except Exception as error:  # report, never leave the driver waiting
+        conn.send(("error", f"{type(error).__name__}: {error}", []))
+
+
+def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None) -> dict:
+    model_dir(size)  # build the fixture once, before the workers race for it
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for name in names:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(name, size, beta, steps, threads, child), daemon=True)
+        process.start()
+        workers[name] = (process, parent)
+    results, active = {}, []
+    for name, (_, conn) in workers.items():  # set-up (imports, model loading) runs concurrently, untimed
+        message = conn.recv()
+        if message == "ready":
+            active.append(name)
+        else:
+            results[name] = message
+    for round_index in range(steps):
+        shift = round_index % max(len(active), 1)
+        for name in active[shift:] + active[:shift]:
+            conn = workers[name][1]
+            conn.send("go")
+            message = conn.recv()  # "ready" for its next step, or its results after the last one
+            if message != "ready":
+                results[name] = message
+        active = [name for name in active if name not in results]
+    for name in active:
+        results[name] = workers[name][1].recv()
+    for process, _ in workers.values():
+        process.join(timeout=60)
+    return results
+
+
+def summarise(results: dict, warmup: int) -> dict:
+    summary = {}
+    for name, (status, steps, stages) in results.items():
+        if status != "done":
+            summary[name] = {"error": steps}
+            continue
+        kept = steps[warmup:]
+        seconds = [s for s, _ in kept]
+        tokens = statistics.mean(t for _, t in kept)
+        quartiles = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [seconds[0]] * 3
+        per_step = median(seconds)
+        summary[name] = {
+            "s_per_step": per_step, "q1": quartiles[0], "q3": quartiles[2], "steps": len(seconds),
+            "tokens_per_step": tokens, "tokens_per_s": tokens / per_step, "all_steps_s": [s for s, _ in steps],
+        }
+        if stages:
+            kept_stages = stages[warmup:]
+            summary[name]["stages"] = {k: median(d.get(k, 0.0) for d in kept_stages) for k in kept_stages[-1]}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=["tiny", "mid"])
+    parser.add_argument("--steps", type=int, default=15, help="RL steps per implementation and size")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the medians")
+    parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    parser.add_argument("--no-old-variant", action="store_true", help="skip the bare loop without its old forward")
+    parser.add_argument("--out", default="equal_work")
+    args = parser.parse_args()
+
+    names = ["waltzlit", "bare"] + ([] if args.no_old_variant else ["bare (no old fwd)"])
+    if trl_available():
+        names.insert(1, "trl")
+    else:
+        print("trl is not installed: TRL is skipped (pip install --no-deps 'trl>=1.16')")
+    payload = {"machine": machine(), "uptime_before": uptime(), "args": vars(args), "sizes": {}}
+    if args.threads:
+        payload["machine"]["torch_threads"] = args.threads
+    started = time.time()
+    for size in args.sizes:
+        summary = summarise(run_size(size, names, args.beta, args.steps, args.threads), args.warmup)
+        payload["sizes"][size] = summary
+        rows = []
+        for name, s in summary.items():
+            if "error" in s:
+                rows.append([name, s["error"], "", "", ""])
+                continue
+            rows.append([name, s["s_per_step"], f"{s['q1']:.3f}-{s['q3']:.3f}", f"{s['tokens_per_step']:.0f}",
+                         f"{s['tokens_per_s']:.0f}"])
+        print(f"\n## {size} (beta={args.beta}, {args.steps} steps, medians after {args.warmup})\n")
+        print(table(["implementation", "s/step", "IQR", "gen tokens/step", "gen tok/s"], rows))
+        ratios = {}
+        if "waltzlit" in summary and "error" not in summary["waltzlit"]:
+            for other in ("trl", "bare", "bare (no old fwd)"):
+                if other in summary and "error" not in summary[other]:
+                    ratios[f"waltzlit / {other}"] = summary["waltzlit"]["s_per_step"] / summary[other]["s_per_step"]
+            print("\n" + "  ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+            stages = summary["waltzlit"].get("stages", {})
+            print("waltzlit stages (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in stages.items()))
+        payload["sizes"][size]["ratios"] = ratios
+    payload["uptime_after"] = uptime()
+    payload["wall_s"] = time.time() - started
+    print(f"\n{payload['uptime_before']}\n{payload['uptime_after']}\nwall {payload['wall_s']:.0f} s")
+    print(f"wrote {write_result(args.out, payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""A lean token sampling loop: the same tokens as Hugging Face ``generate``, less work per token.
+
+Why: on small models the rollout is mostly per-token Python overhead, and ``generate`` adds its
+own on top of the model's forward (logits-processor and stopping-criteria lists, model-kwargs
+bookkeeping, output dataclasses, one ``[B, V]`` logits copy kept per step for log-probs). Profiling
+a single-agent GRPO step on a 2-layer Llama put ~20 % of the step there (benchmarks/README.md).
+
+The loop calls the model exactly as ``generate``'s greedy/multinomial path does (transformers 5):
+a ``DynamicCache``, position ids from the attention mask, ``logits_to_keep=1``, the 2-D mask
+dropped when there is no padding, the same temperature -> top-k -> top-p warpers, one
+``multinomial`` draw per step, finished rows fed the pad token, stop when every row has hit EOS
+or ``max_new_tokens``. Same inputs and the same random stream therefore give the same tokens
+(tests/unit/test_sampler.py checks this against ``generate``). Log-probs of the sampled tokens are
+taken in the loop from the raw logits, so no per-step logits are kept.
+
+Two savings that change no number: the loop runs under ``torch.inference_mode`` (no autograd
+bookkeeping per op; the outputs are cloned into ordinary tensors), and for decoder families whose
+every layer attends causally over the whole sequence with SDPA (``_FULL_ATTENTION``) the decode
+steps get the boolean ``[B, 1, 1, kv]`` padding mask that the model would otherwise rebuild from the
+2-D mask at every step, sliced from one preallocated buffer (mask creation was ~12 % of a tiny
+model's decode step).
+
+Anything outside that path falls back to ``generate`` (:func:`lean_sampling_supported`): a
+generation config asking for another logits processor (repetition penalty, min_p, bad words, ...),
+an encoder-decoder model, or several processes (``generate`` keeps sharded ranks in step).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from waltzlit.config import SamplingConfig
+
+_PLAIN_GENERATION_KEYS = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "do_sample", "temperature", "top_p",
+    "top_k", "max_length", "max_new_tokens", "use_cache", "output_attentions", "output_hidden_states",
+    "return_dict_in_generate", "output_logits", "output_scores", "transformers_version", "_from_model_config",
+})
+"""Generation-config keys that do not add logits processors or change the decoding loop."""
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (whose ``forward`` signature is ``**kwargs``)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lean_sampling_supported(model: nn.Module, world_size: int = 1) -> bool:
+    """Whether :func:`sample_tokens` decodes exactly as ``model.generate`` would here."""
+    base = _base_model(model)
+    if world_size > 1 or getattr(base.config, "is_encoder_decoder", False):
+        return False
+    config = getattr(base, "generation_config", None)
+    if config is None:
+        return False
+    return set(config.to_diff_dict()) <= _PLAIN_GENERATION_KEYS
+
+
+_FULL_ATTENTION = frozenset({"llama", "qwen2", "qwen3"})
+"""Model types whose decode-step mask under SDPA is the plain padding mask, unless a sliding window
+or chunked layers are configured (checked in :func:`_prepared_decode_mask`)."""
+
+
+def _prepared_decode_mask(model: nn.Module) -> bool:
+    config = _base_model(model).config
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    return (
+        config.model_type in _FULL_ATTENTION
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+        and all(kind == "full_attention" for kind in layer_types)
+        and not getattr(config, "use_sliding_window", False)
+    )
+
+
+def _warpers(sampling: SamplingConfig) -> list:
+    """``generate``'s sampling warpers for these settings, in its order (one beam: keep >= 1 token)."""
+    warpers = []
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=sampling.top_k, min_tokens_to_keep=1))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=sampling.top_p, min_tokens_to_keep=1))
+    return warpers
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    return name in inspect.signature(_base_model(model).forward).parameters
+
+
+def sample_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sampling: SamplingConfig,
+    eos_ids: list[int],
+    pad_id: int,
+    with_logprobs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample up to ``sampling.max_new_tokens`` tokens after left-padded ``input_ids`` ``[B, P]``.
+
+    Returns:
+        new tokens ``[B, S]`` (S = steps run; rows that finished early hold ``pad_id`` after their
+        EOS, as ``generate`` pads them) and, with ``with_logprobs``, log_softmax of the raw logits
+        at each sampled token ``[B, S]`` (else None).
+    """
+    tokens, logprobs = _sample_loop(model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs)
+    # Ordinary tensors again: an inference tensor must never reach autograd (e.g. as the embedding
+    # indices of a training forward, which are saved for backward).
+    return tokens.clone(), None if logprobs is None else logprobs.clone()
+
+
+@torch.inference_mode()
+def _sample_loop(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sampling: SamplingConfig,
+    eos_ids: list[int],
+    pad_id: int,
+    with_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    device, batch = input_ids.device, input_ids.shape[0]
+    greedy = sampling.temperature == 0
+    warpers = [] if greedy else _warpers(sampling)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
+    # generate drops an all-ones mask (no padding) so that attention needs none; so does this loop.
+    mask = None if bool(attention_mask.all()) else attention_mask
+    decode_mask = None  # [B, 1, 1, P + max_new_tokens]: the prompt's padding, every new token visible
+    if mask is not None and _prepared_decode_mask(model):
+        width = attention_mask.shape[1]
+        decode_mask = torch.ones((batch, 1, 1, width + sampling.max_new_tokens), dtype=torch.bool, device=device)
+        decode_mask[:, 0, 0, :width] = attention_mask.bool()
+    cache = DynamicCache(config=_base_model(model).config)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    pad = torch.tensor(pad_id, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    inputs = input_ids
+    for _ in range(sampling.max_new_tokens):
+        out = model(input_ids=inputs, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                    use_cache=True, return_dict=True, **extra)
+        logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)
+        scores = logits
+        for warper in warpers:
+            scores = warper(inputs, scores)
+        if greedy:
+            next_tokens = scores.argmax(dim=-1)
+        else:
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        next_tokens = torch.where(unfinished, next_tokens, pad)
+        tokens.append(next_tokens)
+        if with_logprobs:
+            logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, next_tokens[:, None]).squeeze(-1))
+        unfinished &= ~torch.isin(next_tokens, eos)
+        if not bool(unfinished.any()):
+            break
+        inputs = next_tokens[:, None]
+        position_ids = position_ids[:, -1:] + 1
+        if decode_mask is not None:
+            mask = decode_mask[..., : attention_mask.shape[1] + len(tokens)]
+        elif mask is not None:
+            mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
+    new_tokens = torch.stack(tokens, dim=1)
+    return new_tokens, torch.stack(logprobs, dim=1) if with_logprobs else None
+

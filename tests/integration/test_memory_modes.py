@@ -48,6 +48,8 @@ def _snapshot(model, tag):
 
 @pytest.mark.parametrize("load_in_4bit", [False, True], ids=["lora", "qlora"])
 def test_shared_base_adapters_train_independently_and_base_is_the_reference(load_in_4bit):
+    if load_in_4bit:
+        pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
     random.seed(0)
     built = build_agents(_configs(load_in_4bit), "shared_base", needs_reference=True, max_prompt_tokens=512,

@@ -2,65 +2,24 @@
 
 from __future__ import annotations
 
-import glob
-
 import pytest
 import torch
-from lightning.pytorch import Callback
 
 from tests.conftest import REPO_ROOT
+from tests.integration.cli_helpers import FAST, Snapshot, changed_parameters, scalar_tags
 from waltzlit.cli import main
 
 pytestmark = pytest.mark.integration
 
-# A small, fast variant of conf/tiny.yaml: same code paths, fewer and shorter turns.
-FAST = [
-    "--model.conversation.warm_start.steps=60",
-    "--model.feedback.warm_start.steps=60",
-    "--model.rollout.conversation.max_new_tokens=24",
-    "--model.rollout.feedback.max_new_tokens=64",
-    "--model.schedule.log_transcripts_every=1",
-    "--data.batch_size=6",
-    "--data.val_holdout=6",
-    "--data.val_batch_size=6",
-    "--trainer.val_check_interval=2",
-    "--trainer.enable_progress_bar=false",
-]
-
-
-class Snapshot(Callback):
-    """Copies of every parameter right before training starts (after configure_model)."""
-
-    def on_train_start(self, trainer, pl_module):
-        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
-
 
 def _fit(tmp_path, *extra: str, ckpt_path: str | None = None):
-    args = ["fit", "--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, f"--trainer.default_root_dir={tmp_path}",
+    args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", *extra]
-    cli = main(args=args[1:], run=False)
+    cli = main(args=args, run=False)
     snapshot = Snapshot()
     cli.trainer.callbacks.append(snapshot)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return cli, snapshot
-
-
-def _changed(snapshot, module, prefix: str) -> tuple[int, int]:
-    names = [n for n in snapshot.before if n.startswith(prefix)]
-    params = dict(module.named_parameters())
-    changed = sum(not torch.equal(snapshot.before[n], params[n].detach()) for n in names)
-    return changed, len(names)
-
-
-def _scalar_tags(log_dir) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for event_file in glob.glob(f"{log_dir}/**/events.out.tfevents.*", recursive=True):
-        accumulator = EventAccumulator(event_file)
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"]) | set(accumulator.Tags()["tensors"])
-    return tags
 
 
 def test_stage1_then_resume_into_stage2(tmp_path, waltz_cache):
@@ -68,12 +27,12 @@ def test_stage1_then_resume_into_stage2(tmp_path, waltz_cache):
     cli, snap = _fit(tmp_path / "a", "--model.schedule.total_rl_steps=2", "--model.schedule.stage1_steps=2")
     module = cli.model
     assert module.rl_step == 2
-    changed, total = _changed(snap, module, "policies.feedback.")
+    changed, total = changed_parameters(snap, module, "policies.feedback.")
     assert changed == total > 0, f"only {changed}/{total} feedback parameters changed"
-    assert _changed(snap, module, "policies.conversation.")[0] == 0, "stage 1 must freeze the conversation agent"
-    assert _changed(snap, module, "references.")[0] == 0, "reference policies must stay frozen"
+    assert changed_parameters(snap, module, "policies.conversation.")[0] == 0, "stage 1 must freeze the conversation agent"
+    assert changed_parameters(snap, module, "references.")[0] == 0, "reference policies must stay frozen"
 
-    tags = _scalar_tags(tmp_path / "a" / "runs")
+    tags = scalar_tags(tmp_path / "a" / "runs")
     for tag in [
         "train/unsafe_rate_initial", "train/unsafe_rate_final", "train/overrefusal_rate_initial",
         "train/overrefusal_rate_final", "train/trigger_rate", "train/label_accuracy", "train/json_error_rate",
@@ -97,10 +56,10 @@ def test_stage1_then_resume_into_stage2(tmp_path, waltz_cache):
         if name.startswith("policies.feedback."):
             assert torch.equal(value, dict(module.named_parameters())[name].detach())
             break
-    changed, total = _changed(snap2, module2, "policies.conversation.")
+    changed, total = changed_parameters(snap2, module2, "policies.conversation.")
     assert changed == total > 0, "stage 2 must train the conversation agent"
-    assert _changed(snap2, module2, "references.")[0] == 0
-    tags = _scalar_tags(tmp_path / "b" / "runs")
+    assert changed_parameters(snap2, module2, "references.")[0] == 0
+    tags = scalar_tags(tmp_path / "b" / "runs")
     assert "train/conversation/update/loss" in tags
     # Both agents were exported in Hugging Face format.
     exported = list((tmp_path / "b" / "runs").glob("**/agents/*/config.json"))

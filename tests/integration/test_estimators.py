@@ -9,22 +9,18 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
-from tests.integration.test_cli_fit import Snapshot, _changed, _scalar_tags
+from tests.integration.cli_helpers import SHORT_TURNS, Snapshot, changed_parameters, scalar_tags
 from waltzlit.cli import main
 
 pytestmark = pytest.mark.integration
 
 FAST = [
-    "--model.conversation.warm_start.steps=60",
-    "--model.feedback.warm_start.steps=60",
-    "--model.rollout.conversation.max_new_tokens=24",
-    "--model.rollout.feedback.max_new_tokens=64",
+    *SHORT_TURNS,
     "--model.schedule.total_rl_steps=2",
     "--model.schedule.stage1_steps=0",  # stage 2 from the start: both agents train
     "--model.schedule.log_transcripts_every=0",
     "--trainer.limit_val_batches=0",
     "--data.val_holdout=6",  # as test_cli_fit: the same training prompts, so the same cached warm start
-    "--trainer.enable_progress_bar=false",
 ]
 
 # Per estimator: a rollout of 8 episodes, and the options its ablation file leaves to test.
@@ -53,11 +49,11 @@ def test_estimator_trains_both_agents_through_the_cli(estimator, tmp_path, waltz
     assert module.rl_step == 2 and module.algorithm.advantage_estimator == estimator
 
     for role in ("conversation", "feedback"):
-        changed, total = _changed(snapshot, module, f"policies.{role}.")
+        changed, total = changed_parameters(snapshot, module, f"policies.{role}.")
         assert changed == total > 0, f"{estimator}: only {changed}/{total} {role} parameters changed"
-    assert _changed(snapshot, module, "references.")[0] == 0
+    assert changed_parameters(snapshot, module, "references.")[0] == 0
 
-    tags = _scalar_tags(tmp_path / "runs")
+    tags = scalar_tags(tmp_path / "runs")
     expected = [f"train/{role}/update/{key}" for role in ("conversation", "feedback")
                 for key in ("loss", "advantage_abs", "grad_norm", "optimizer_steps")]
     if module.algorithm.kl_placement == "loss":
@@ -70,7 +66,7 @@ def test_estimator_trains_both_agents_through_the_cli(estimator, tmp_path, waltz
 
     if estimator == "gae":
         for role in ("conversation", "feedback"):
-            changed, total = _changed(snapshot, module, f"critics.{role}.")
+            changed, total = changed_parameters(snapshot, module, f"critics.{role}.")
             assert changed == total > 0, f"only {changed}/{total} {role} critic parameters changed"
         # The critics and their optimizers are in the checkpoint (conversation, feedback, then critics).
         (last,) = glob.glob(f"{tmp_path}/runs/**/last.ckpt", recursive=True)

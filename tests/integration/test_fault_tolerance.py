@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch import Callback
 
 from tests.conftest import REPO_ROOT
-from tests.integration.test_cli_fit import FAST, Snapshot
+from tests.integration.cli_helpers import FAST, Snapshot
 from tests.unit.test_http_judge import server  # noqa: F401  (fixture: a chat-completions server that can fail)
 from waltzlit.cli import main
 from waltzlit.judges import JudgeError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
-from tests.integration.test_cli_fit import Snapshot, _changed, _scalar_tags
+from tests.integration.cli_helpers import Snapshot, changed_parameters, scalar_tags
 from waltzlit.cli import main
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,12 @@ def test_single_agent_trains_the_conversation_agent_alone(tmp_path, waltz_cache)
     assert module.rl_step == 2
     assert set(module.agents) == {"conversation"}, "the feedback agent must never be loaded"
     assert not any(n.startswith("policies.feedback.") for n in snapshot.before)
-    changed, total = _changed(snapshot, module, "policies.conversation.")
+    changed, total = changed_parameters(snapshot, module, "policies.conversation.")
     assert changed == total > 0, f"only {changed}/{total} conversation parameters changed"
-    assert _changed(snapshot, module, "references.")[0] == 0, "the reference policy must stay frozen"
+    assert changed_parameters(snapshot, module, "references.")[0] == 0, "the reference policy must stay frozen"
     assert cli.trainer.global_step == 2, "one optimizer step per RL step"
 
-    tags = _scalar_tags(tmp_path / "runs")
+    tags = scalar_tags(tmp_path / "runs")
     for tag in ["train/conversation/update/loss", "train/conversation/reward_initial", "train/unsafe_rate_final",
                 "val/unsafe_rate_final", "time/rollout/c0", "time/judge", "time/rewards", "time/step",
                 "time/logprobs/conversation", "time/update/conversation"]:

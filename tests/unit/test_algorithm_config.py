@@ -73,10 +73,11 @@ def test_bad_overrides_name_the_key(overrides, message):
 
 
 def test_unusual_kl_placements_warn():
-    with pytest.warns(UserWarning, match="k1 in the reward or k2/k3 in the loss"):
+    with pytest.warns(UserWarning, match="k1 in the reward or k2/k3 in the loss") as k1_in_loss:
         AlgorithmConfig(kl_placement="loss", kl_estimator="k1")
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning) as k3_in_reward:
         AlgorithmConfig(kl_estimator="k3")
+    assert len(k1_in_loss) >= 1 and len(k3_in_reward) >= 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AlgorithmConfig(kl_placement="loss", kl_estimator="k2")

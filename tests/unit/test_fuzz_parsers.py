@@ -201,13 +201,14 @@ def check_http_error(failure: tuple[int, dict, bytes]) -> None:
         _JUDGE._post_once(b"{}")
 
 
-def check_http_verdicts(texts: list[str], prompt_format: str, policy: str) -> None:
+def check_http_verdicts(texts: list[str], prompt_format: str, policy: str) -> list[JudgeVerdict]:
     """Whatever completions come back, ``judge`` turns each into a verdict (policy != raise)."""
     judge = OpenAIChatJudge(prompt_format=prompt_format, on_parse_error=policy, refusal_fallback="none")
     judge.complete_all = lambda conversations: texts
     records = [PromptRecord("p", bool(i % 2)) for i in range(len(texts))]
     verdicts = judge.judge(records, ["r"] * len(texts))
     assert len(verdicts) == len(texts) and all(isinstance(v, JudgeVerdict) for v in verdicts)
+    return verdicts
 
 
 TARGETS = {
@@ -245,7 +246,8 @@ def test_parsers_never_raise(name):
     st.sampled_from(POLICIES),
 )
 def test_http_judge_turns_any_completion_into_a_verdict(texts, prompt_format, policy):
-    check_http_verdicts(texts, prompt_format, policy)
+    verdicts = check_http_verdicts(texts, prompt_format, policy)
+    assert len(verdicts) == len(texts)
 
 
 @_settings(FAST_EXAMPLES)

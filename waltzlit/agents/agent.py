@@ -100,15 +100,11 @@ class Agent:
             raise RuntimeError(f"{self.role} agent has neither a reference copy nor LoRA adapters to disable")
         return self.model.disable_adapter()
 
+    @contextlib.contextmanager
     def training_mode(self, enabled: bool):
         """Context that puts the policy in train mode (LoRA dropout on) and restores eval mode."""
-
-        @contextlib.contextmanager
-        def switch():
-            self.model.train(enabled)
-            try:
-                yield
-            finally:
-                self.model.eval()
-
-        return switch()
+        self.model.train(enabled)
+        try:
+            yield
+        finally:
+            self.model.eval()

@@ -7,6 +7,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from waltzlit.config import SamplingConfig
+from waltzlit.distributed import max_over_ranks, world_size
 from waltzlit.rollout.sampler import lean_sampling_supported, sample_tokens
 from waltzlit.types import Generation
 
@@ -26,22 +27,6 @@ def _sampling_kwargs(sampling: SamplingConfig) -> dict:
     if sampling.temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
-
-
-def distributed_world() -> int:
-    """Number of processes in the default group (1 when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
-def matched_call_count(local_calls: int, device: torch.device) -> int:
-    """The largest number of ``generate`` calls any rank needs; every rank makes that many."""
-    if distributed_world() == 1:
-        return local_calls
-    count = torch.tensor([local_calls], device=device)
-    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
-    return int(count.item())
 
 
 def _sampled_logprobs(step_logits: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> torch.Tensor:
@@ -77,13 +62,13 @@ def generate_turns(
     eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else [])
     eos_ids.add(tokenizer.eos_token_id)
     real = len(contexts)
-    calls = matched_call_count(-(-real // batch_size), device)
+    calls = max_over_ranks(-(-real // batch_size))  # every rank makes as many generate calls
     if calls * batch_size - batch_size >= real:
         # Another rank needs more generate calls than this one (e.g. more revisions); sharded
         # forward passes are collectives, so this rank joins them with throw-away contexts.
         filler = torch.tensor([tokenizer.eos_token_id], dtype=torch.long)
         contexts = list(contexts) + [filler] * ((calls - 1) * batch_size + 1 - real)
-    lean = lean_sampling_supported(model, distributed_world())
+    lean = lean_sampling_supported(model, world_size())
     for start in range(0, len(contexts), batch_size):
         chunk = contexts[start : start + batch_size]
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
@@ -93,7 +78,7 @@ def generate_turns(
             )
         else:
             out = model.generate(
-                synced_gpus=distributed_world() > 1,
+                synced_gpus=world_size() > 1,
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=sampling.max_new_tokens,

@@ -7,7 +7,7 @@ same code runs on CPUs (gloo) and GPUs (nccl); Lightning's FSDP1 ``FSDPStrategy`
 
 Every rank must run the same sequence of collective operations. Sharded forward passes are
 collectives (parameters are all-gathered), so generation runs with ``synced_gpus`` and every rank
-makes the same number of ``generate`` calls (``waltzlit.rollout.generation.matched_call_count``).
+makes the same number of ``generate`` calls (``waltzlit.distributed.max_over_ranks``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from waltzlit.algorithms.masked_ops import masked_mean
 from waltzlit.algorithms.policy_losses import aggregate_loss, loss_denominator
 from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 from waltzlit.config import AlgorithmConfig
+from waltzlit.distributed import max_over_ranks
 from waltzlit.types import AgentBatch
 
 
@@ -198,18 +199,6 @@ def _micro_loss(
     return loss, diagnostics
 
 
-def _on_any_rank(flag: bool) -> bool:
-    """True when ``flag`` holds on any process. Skipping an update is collective: a rank that
-    skipped its backward while others ran theirs would leave the gradient all-reduce hanging."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    on_gpu = torch.distributed.get_backend() == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    value = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
 def policy_update(
     agent: Agent,
     batch: AgentBatch,
@@ -241,7 +230,7 @@ def policy_update(
     grad_norm, steps = 0.0, 0
     # A non-finite advantage (a NaN/inf reward, a diverged KL) would poison every pass: skip
     # this agent's whole update; the skip is reported like a non-finite loss.
-    skipped = _on_any_rank(not bool(torch.isfinite(advantages).all()))
+    skipped = bool(max_over_ranks(int(not torch.isfinite(advantages).all())))
     schedule = [] if skipped else minibatch_schedule(len(batch), algo, generator)
     # pi_old read off this update's forward (see old_logprobs_from_update), filled row by row
     observed_old = torch.zeros_like(mask) if batch.old_logprobs is None else None
@@ -259,7 +248,8 @@ def policy_update(
                 loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
                 if observed_old is not None:
                     observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
-                if _on_any_rank(not bool(torch.isfinite(loss))):
+                # decided on all ranks together: a rank skipping its backward alone would stall the others
+                if max_over_ranks(int(not torch.isfinite(loss))):
                     finite = False
                     break
                 backward(loss * world_size)

@@ -76,7 +76,8 @@ class AgentConfig:
     lora: LoRAConfig | None = None
     """Train LoRA adapters instead of all weights; the reference is then the adapter-disabled base."""
     warm_start: WarmStartConfig | None = None
-    """Behaviour cloning before RL (random-init models only)."""
+    """Behaviour cloning before RL: the output format for random-init models; on a pretrained
+    feedback agent, a (labelled) format warm start. All weights are trained, before LoRA is added."""
     load_in_4bit: bool = False
     """Load the base in 4-bit NF4 with bitsandbytes (QLoRA); needs ``lora``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -105,8 +106,6 @@ class AgentConfig:
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         _check(not self.load_in_4bit or self.lora is not None, "load_in_4bit", "needs lora (4-bit weights are frozen)")
-        if self.warm_start is not None:
-            _check(self.model_config is not None, "warm_start", "only for randomly initialised models (model_config)")
         if self.model_config is not None:
             _check("model_type" in self.model_config, "model_config.model_type", "missing (e.g. 'llama')")
 

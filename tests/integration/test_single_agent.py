@@ -8,6 +8,9 @@ import torch
 from tests.conftest import REPO_ROOT
 from tests.integration.cli_helpers import Snapshot, changed_parameters, scalar_tags
 from waltzlit.cli import main
+from waltzlit.data.sources import PromptSourceConfig
+from waltzlit.evaluation.config import AgentsSource, EvalConfig, ModeSpec
+from waltzlit.evaluation.runner import evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +59,24 @@ def test_single_agent_trains_the_conversation_agent_alone(tmp_path, waltz_cache)
     last = next((tmp_path / "runs").glob("**/checkpoints/last.ckpt"))
     state = torch.load(last, weights_only=True)["state_dict"]
     assert state and all(k.split(".")[1] == "conversation" for k in state if k.startswith(("policies.", "references.")))
+
+    # The conversation-only export is evaluated as the paper's rows 3 and 4 (single-model RL, + safeguard).
+    agents = exported[0].parent.parent
+    cfg = EvalConfig(
+        eval_sets=[PromptSourceConfig(name="builtin", num_samples=4)],
+        modes=[ModeSpec("alone", agents="single_rl", label="Single-model RL"),
+               ModeSpec("safeguard", agents="single_rl", label="+ Safeguard")],
+        single_rl=AgentsSource(exported=str(agents)), rollout=module.rollout_cfg,
+        output_dir=str(tmp_path / "eval"), progress=False,
+    )
+    result = evaluate(cfg, device="cpu")
+    assert [s.label for s in result.summaries] == ["Single-model RL", "+ Safeguard"]
+    assert result.settings["agents"]["single_rl"]["feedback_model"] is None
+
+
+def test_feedback_modes_refuse_single_rl_agents():
+    with pytest.raises(ValueError, match="collaboration needs a feedback agent"):
+        EvalConfig(modes=[ModeSpec("collaboration", agents="single_rl")], single_rl=AgentsSource(exported="x"))
 
 
 @pytest.mark.parametrize(

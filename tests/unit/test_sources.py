@@ -345,3 +345,26 @@ def test_local_snapshot_of_a_hub_dataset(tmp_path):
     assert label_counts(toxic) == {"orbench/or-bench-toxic": {"harmful": 2, "benign": 0}}
     benign = load_prompt_source(PromptSourceConfig(name="orbench", path=str(snapshot), subset="or-bench-80k"))
     assert [(r.prompt, r.prompt_harmful, r.source) for r in benign] == [("benign q", False, "orbench")]
+
+
+def test_holdout_parts_are_disjoint_stratified_and_order_independent(tmp_path):
+    from waltzlit.data.sources import holdout_partition
+    from waltzlit.types import PromptRecord
+
+    records = [PromptRecord(f"harmful {i}", True) for i in range(10)] + [PromptRecord(f"benign {i}", False) for i in range(5)]
+    train, held = holdout_partition(records, 0.3, seed=0)
+    # round(0.3 * 10) = 3 harmful and round(0.3 * 5) = round(1.5) = 2 benign held out (banker's rounding)
+    assert Counter(r.prompt_harmful for r in held) == {True: 3, False: 2}
+    assert {r.prompt for r in train}.isdisjoint({r.prompt for r in held}) and len(train) + len(held) == 15
+    # The same prompts are held out whatever the file order; another seed holds out others.
+    assert {r.prompt for r in holdout_partition(records[::-1], 0.3, seed=0)[1]} == {r.prompt for r in held}
+    assert {r.prompt for r in holdout_partition(records, 0.3, seed=1)[1]} != {r.prompt for r in held}
+
+    rows = [[f"Goal {i}", "t", "b", "c", "s"] for i in range(8)]
+    path = write_table(tmp_path / "harmful-behaviors.csv", ["Goal", "Target", "Behavior", "Category", "Source"], rows)
+    parts = {part: load_prompt_source(PromptSourceConfig(name="jailbreakbench", path=path, holdout=0.25, part=part))
+             for part in ("train", "eval")}
+    assert len(parts["eval"]) == 2 and len(parts["train"]) == 6
+    assert not {r.prompt for r in parts["eval"]} & {r.prompt for r in parts["train"]}
+    with pytest.raises(ValueError, match="holdout"):
+        PromptSourceConfig(name="advbench", holdout=1.0)

@@ -12,12 +12,14 @@ OR-Bench-Hard-1K (an evaluation set) removed from OR-Bench-80K, split 5k + 5k pe
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from waltzlit.data.schemas import SCHEMAS, RowContext, SourceSchema, resolve_columns
 from waltzlit.types import PromptRecord
@@ -67,10 +69,23 @@ class PromptSourceConfig:
     """PromptRecord.source of the records; None: the kind (plus the subset when not the default)."""
     revision: str | None = None
     """Hub revision (commit or tag) to pin."""
+    holdout: float | None = None
+    """Fraction of the source held out for evaluation, per label (harmful / benign), before
+    exclusion, de-duplication and sampling; None: no split. Which prompts are held out depends only
+    on their text and ``holdout_seed`` (see :func:`holdout_partition`), so a training config with
+    ``part: train`` and an evaluation config with ``part: eval`` get disjoint prompts."""
+    part: Literal["train", "eval"] = "train"
+    """With ``holdout``: keep the training part or the held-out evaluation part."""
+    holdout_seed: int = 0
+    """Seed of the holdout partition (independent of the run's seed, so every run splits alike)."""
 
     def __post_init__(self) -> None:
         if self.name not in SOURCE_NAMES:
             raise ValueError(f"data source name {self.name!r} is unknown; allowed names: {list(SOURCE_NAMES)}")
+        if self.holdout is not None and not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"{self.name}.holdout: must be a fraction in (0, 1) or null, got {self.holdout}")
+        if self.part not in ("train", "eval"):
+            raise ValueError(f"{self.name}.part: must be 'train' or 'eval', got {self.part!r}")
         if self.num_samples is not None and self.num_samples < 1:
             raise ValueError(f"{self.name}.num_samples: must be >= 1 or null, got {self.num_samples}")
         if self.name == "builtin":
@@ -100,6 +115,24 @@ def label_counts(records: list[PromptRecord]) -> dict[str, dict[str, int]]:
     for r in records:
         counts[r.source]["harmful" if r.prompt_harmful else "benign"] += 1
     return dict(counts)
+
+
+def holdout_partition(records: list[PromptRecord], fraction: float, seed: int = 0) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """(train, eval) parts of ``records``: ``round(fraction * n)`` of each label's n prompts held out.
+
+    Each label's prompts are ranked by sha256(seed, normalised text) and the first ones are held
+    out. The rank of a prompt does not depend on the order or the other contents of the file, so the
+    split is reproducible anywhere, and identical texts always land in the same part. Both parts
+    keep the records' original order.
+    """
+    held: set[int] = set()
+    for harmful in (True, False):
+        group = [i for i, r in enumerate(records) if r.prompt_harmful == harmful]
+        ranked = sorted(group, key=lambda i: hashlib.sha256(f"{seed}|{normalize_prompt(records[i].prompt)}".encode()).digest())
+        held.update(ranked[: round(fraction * len(group))])
+    train = [r for i, r in enumerate(records) if i not in held]
+    evaluation = [r for i, r in enumerate(records) if i in held]
+    return train, evaluation
 
 
 def _rng(seed: int, cfg: PromptSourceConfig, purpose: str) -> random.Random:
@@ -192,7 +225,7 @@ def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[st
 
 
 def _load_all(cfg: PromptSourceConfig) -> list[PromptRecord]:
-    """Every prompt of the source, filtered by data_types, in file order (no sampling)."""
+    """Every prompt of the source, filtered by data_types and holdout part, in file order (no sampling)."""
     if cfg.name == "builtin":
         from waltzlit.data.builtin import builtin_prompts
 
@@ -209,7 +242,11 @@ def _load_all(cfg: PromptSourceConfig) -> list[PromptRecord]:
         records = kept
     if cfg.prompt_harmful is not None:
         records = [(replace(r, prompt_harmful=cfg.prompt_harmful), t) for r, t in records]
-    return [r for r, _ in records]
+    kept = [r for r, _ in records]
+    if cfg.holdout is not None:
+        train, evaluation = holdout_partition(kept, cfg.holdout, cfg.holdout_seed)
+        kept = train if cfg.part == "train" else evaluation
+    return kept
 
 
 def _load_schema_records(cfg: PromptSourceConfig) -> list[tuple[PromptRecord, str]]:

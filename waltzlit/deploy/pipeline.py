@@ -100,16 +100,24 @@ class TwoAgentSystem:
 
     Attributes:
         conversation: answers and revises.
-        feedback: checks every answer once per round.
+        feedback: checks every answer once per round; None for a conversation agent trained
+            alone (single-model RL), which can answer but not collaborate.
         rollout: decoding of both agents, T_max (``max_feedback_rounds``), feedback wording.
     """
 
     conversation: Agent
-    feedback: Agent
+    feedback: Agent | None
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def _require_feedback(self) -> Agent:
+        if self.feedback is None:
+            raise ValueError("this system has no feedback agent (a conversation agent trained alone); "
+                             "it can answer alone but not run the two-agent protocol")
+        return self.feedback
 
     def episodes(self, records: Sequence[PromptRecord]) -> list[Episode]:
         """The training protocol at inference: invalid JSON stops the episode (final = latest answer)."""
+        self._require_feedback()
         return run_episodes(
             self.conversation, self.feedback, records, self.rollout, stop_on_invalid_json=True, with_logprobs=False
         )
@@ -128,6 +136,7 @@ class TwoAgentSystem:
                 client's ``max_tokens``); None takes ``rollout.conversation``.
         """
         chats = [normalize_request(r) for r in requests]
+        self._require_feedback()
         sampling = conversation_sampling or self.rollout.conversation
         batch = self.rollout.generation_batch_size
         answers: list[list[Generation]] = [[] for _ in chats]

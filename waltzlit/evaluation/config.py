@@ -25,6 +25,9 @@ DEFAULT_MODE_AGENTS: dict[str, str] = {
 }
 """Which agent pair each mode runs on by default: the baselines use the untrained agents."""
 
+FEEDBACK_MODES: frozenset[str] = frozenset({"collaboration", "waltzrl"})
+"""Modes that run the feedback agent; the others need only a conversation agent."""
+
 DEFAULT_MODE_LABELS: dict[str, str] = {
     "alone": "Baseline response",
     "safeguard": "+ Safeguard",
@@ -74,8 +77,9 @@ class ModeSpec:
     """alone: c0 only. safeguard: c0, replaced by a refusal when the guard flags it. collaboration
     and waltzrl: the deployed two-agent protocol (method §11). oracle: the judge's labels of c0
     as a fixed template message, then one revision."""
-    agents: Literal["base", "trained"] | None = None
-    """Agent pair; None takes the mode's default (waltzrl: trained, the rest: base)."""
+    agents: Literal["base", "trained", "single_rl"] | None = None
+    """Agent pair; None takes the mode's default (waltzrl: trained, the rest: base). "single_rl"
+    is a conversation agent trained alone (paper rows 3 and 4: ``alone`` / ``safeguard`` on it)."""
     label: str | None = None
     """Row name in the table; None takes the paper's."""
 
@@ -133,6 +137,9 @@ class EvalConfig:
     """Untrained agents (baselines); needed by modes whose agents are "base"."""
     trained: AgentsSource | None = None
     """Trained agents (WaltzRL); needed by modes whose agents are "trained"."""
+    single_rl: AgentsSource | None = None
+    """A conversation agent trained alone on R_c (``model.feedback: null``); its export holds only
+    ``conversation/``, so only the modes without a feedback agent (alone, safeguard, oracle) run on it."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Decoding and protocol; ``max_feedback_rounds`` is T_max (paper: 1)."""
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -158,3 +165,6 @@ class EvalConfig:
         for mode in self.modes:
             if getattr(self, mode.agent_key) is None:
                 raise ValueError(f"modes: {mode.name} runs on the {mode.agent_key} agents; set `{mode.agent_key}`")
+            if mode.agent_key == "single_rl" and mode.name in FEEDBACK_MODES:
+                raise ValueError(f"modes: {mode.name} needs a feedback agent; single_rl agents have none "
+                                 "(allowed on single_rl: alone, safeguard, oracle)")

@@ -57,7 +57,7 @@ def load_system(source: AgentsSource, rollout: RolloutConfig, device: str = "aut
         agent.model.eval()
         agent.reference = None  # inference never needs the reference policy
         agent.max_prompt_tokens = rollout.max_prompt_tokens
-    return TwoAgentSystem(agents["conversation"], agents["feedback"], rollout)
+    return TwoAgentSystem(agents["conversation"], agents.get("feedback"), rollout)
 
 
 def exported_prompts(folders: list[Path]) -> dict[str, str]:
@@ -185,18 +185,19 @@ def load_policy_weights(module, checkpoint: str | Path) -> None:
 
 # ----------------------------------------------------------------------------- exported folders
 def exported_root(path: Path) -> Path:
-    """The folder holding ``conversation/`` and ``feedback/``: ``path`` itself or ``path/agents``."""
+    """The folder holding ``conversation/`` (and ``feedback/`` unless the conversation agent was
+    trained alone): ``path`` itself or ``path/agents``."""
     for candidate in (path, path / "agents"):
-        if all((candidate / role).is_dir() for role in ROLES):
+        if (candidate / "conversation").is_dir():
             return candidate
-    raise FileNotFoundError(f"{path}: expected conversation/ and feedback/ folders (from export_agents)")
+    raise FileNotFoundError(f"{path}: expected conversation/ (and feedback/) folders (from export_agents)")
 
 
 def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
     root = exported_root(path)
     bases: dict[str, nn.Module] | None = None
     agents = {}
-    for role in ROLES:
+    for role in [r for r in ROLES if (root / r).is_dir()]:
         folder = root / role
         tokenizer = load_tokenizer(AgentConfig(model=str(folder)))
         if (folder / "adapter_config.json").is_file():

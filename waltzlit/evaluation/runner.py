@@ -101,7 +101,7 @@ class _Runner:
             self.agent_info[key] = {"source": asdict(getattr(self.cfg, key)) if getattr(self.cfg, key) else None,
                                     "device": str(s.conversation.device),
                                     "conversation_model": type(s.conversation.model).__name__,
-                                    "feedback_model": type(s.feedback.model).__name__}
+                                    "feedback_model": type(s.feedback.model).__name__ if s.feedback else None}
         return self.systems[key]
 
     def release(self, keep: set[str]) -> None:

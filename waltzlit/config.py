@@ -149,6 +149,13 @@ class RolloutConfig:
     """Chat role that carries feedback to the conversation agent (UNCONFIRMED)."""
     feedback_template: str = "Feedback on your previous response: {feedback}"
     """Wording around the forwarded feedback string; must contain {feedback}."""
+    feedback_prefix: str = ""
+    """Text placed at the start of every feedback turn, after the chat template's assistant header,
+    e.g. ``{"reasoning": "`` (not in the paper: its 8B model writes the JSON unprompted). A small
+    model that never opens the JSON object earns format reward 0 on every sample, so its whitened
+    advantages are all 0 and RL cannot start; a forced opening gives it valid verdicts to learn
+    from. The prefix is context, not action: it is never trained on and is parsed as part of the
+    verdict. Empty (the default) forces nothing."""
     sample_b_probability: float = 0.5
     """Probability of training the conversation agent on sample B (p, c0, f0 -> c1) rather than A
     (p -> c0) (paper §2.3, UNCONFIRMED: 0.5)."""
@@ -180,7 +187,9 @@ class RewardConfig:
     gate_improvement: bool = True
     """Multiply the improvement term by label correctness (never off in the paper; Fig. 2 variant C)."""
     improvement: Literal["dir", "next_outcome"] = "dir"
-    """"dir": R_c(c_{t+1}) - R_c(c_t) (eq. 3). "next_outcome": R_c(c_{t+1}) alone (Table 6 ablation)."""
+    """"dir": R_c(c_{t+1}) - R_c(c_t) (eq. 3). "next_outcome": R_c(c_{t+1}) alone (Table 6 ablation).
+    With ``gate_improvement`` on and a binary R_c the two give identical rewards (a correct flag
+    means R_c(c_t) = 0; a correct pass ends the episode), so the ablation needs the gate off."""
 
     def __post_init__(self) -> None:
         # Eq. 2 weights: a negative weight rewards the opposite of what its term measures.

@@ -131,3 +131,46 @@ def test_collate_layout_left_pads_context_and_right_pads_response():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
     assert batch.response_mask.tolist() == [[1, 0], [1, 1]]
     assert batch.generation_logprobs.tolist() == [[-1.0, 0.0], [-2.0, -3.0]]
+
+
+class PrefixTokenizer:
+    """Maps each character to one id (200 + its code point), like ``tokenizer(text)["input_ids"]``."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [200 + ord(c) for c in text]}
+
+
+def test_feedback_prefix_is_context_and_part_of_the_parsed_verdict():
+    prefix = '{"reasoning": "'
+
+    def continuation(context_text: str) -> str:
+        # The model only writes what follows the forced opening.
+        return 'looks fine", "unsafe": false, "overrefuse": false, "feedback": ""}'
+
+    class PrefixedFeedbackAgent(ScriptedAgent):
+        tokenizer = PrefixTokenizer()
+
+        def generate(self, contexts, sampling, batch_size, with_logprobs=True):
+            for ctx in contexts:
+                # the context is the encoded messages followed by exactly the prefix's ids
+                assert ctx[-len(prefix):].tolist() == [200 + ord(c) for c in prefix]
+                ctx.text = "".join(chr(i - 200) if i >= 200 else "?" for i in ctx.tolist())
+            return super().generate(contexts, sampling, batch_size, with_logprobs)
+
+    conversation = ScriptedAgent("CONV SYSTEM", conversation_reply)
+    feedback = PrefixedFeedbackAgent("FB SYSTEM", continuation)
+    episodes = run_episodes(conversation, feedback, RECORDS[:2], RolloutConfig(feedback_prefix=prefix))
+    for episode in episodes:
+        turn = episode.feedbacks[0]
+        assert turn.text.startswith(prefix)  # the parser, logs and transcripts see the whole verdict
+        assert episode.parsed[0].valid and episode.parsed[0].satisfactory
+        assert episode.stop_reason == STOP_SATISFACTORY
+        # the trained sample's actions are the sampled ids only; the prefix ends its context
+        batch, _ = feedback_samples([episode], [[1.0]], random.Random(0), pad_id=0)
+        width = batch.input_ids.shape[1] - batch.response_mask.shape[1]
+        assert batch.input_ids[0, width - len(prefix):width].tolist() == [200 + ord(c) for c in prefix]
+        actions = batch.input_ids[0, width:][batch.response_mask[0].bool()]
+        assert actions.tolist() == turn.response_ids.tolist()
+    # without the prefix the same continuation is not a verdict
+    plain = run_episodes(ScriptedAgent("C", conversation_reply), ScriptedAgent("F", continuation), RECORDS[:1], RolloutConfig())
+    assert not plain[0].parsed[0].valid

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from waltzlit.agents.agent import Agent
 from waltzlit.config import RolloutConfig, SamplingConfig
 from waltzlit.rollout.feedback_parser import parse_feedback
-from waltzlit.rollout.messages import Message, conversation_messages, feedback_messages
-from waltzlit.rollout.protocol import run_episodes
+from waltzlit.rollout.messages import Message, conversation_messages
+from waltzlit.rollout.protocol import feedback_turns, run_episodes
 from waltzlit.types import Episode, Generation, ParsedFeedback, PromptRecord
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -152,13 +152,8 @@ class TwoAgentSystem:
         running = list(range(len(chats)))
         revise(running)
         for _ in range(self.rollout.max_feedback_rounds):
-            contexts = [
-                self.feedback.encode(
-                    feedback_messages(self.feedback.system_prompt, chats[i][-1]["content"], answers[i][-1].text)
-                )
-                for i in running
-            ]
-            turns = self.feedback.generate(contexts, self.rollout.feedback, batch, with_logprobs=False)
+            pairs = [(chats[i][-1]["content"], answers[i][-1].text) for i in running]
+            turns = feedback_turns(self.feedback, pairs, self.rollout, with_logprobs=False)
             for i, turn in zip(running, turns):
                 raw[i].append(turn.text)
                 parsed[i].append(parse_feedback(turn.text))

@@ -13,14 +13,17 @@ is the first answer alone, (p, c0).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+
+import torch
 
 from waltzlit.agents.agent import Agent
 from waltzlit.config import RolloutConfig
 from waltzlit.rollout.feedback_parser import parse_feedback
 from waltzlit.rollout.messages import conversation_messages, feedback_messages
 from waltzlit.training.timing import StageTimer, timed
-from waltzlit.types import Episode, PromptRecord
+from waltzlit.types import Episode, Generation, PromptRecord
 
 STOP_SATISFACTORY = "satisfactory"
 STOP_INVALID_JSON = "invalid_json"
@@ -41,6 +44,26 @@ def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
         feedback_template=cfg.feedback_template,
     )
     return agent.encode(messages)
+
+
+def feedback_turns(
+    agent: Agent, pairs: Sequence[tuple[str, str]], cfg: RolloutConfig, with_logprobs: bool = True
+) -> list[Generation]:
+    """The feedback agent's verdict on each (prompt, response) pair, one batched generation.
+
+    With ``cfg.feedback_prefix`` the prefix's tokens end each context (they are conditioned on,
+    never sampled, so never trained on) and each returned ``text`` starts with the prefix, so the
+    parser, the logs and the forwarded raw text see the whole verdict.
+    """
+    contexts = [agent.encode(feedback_messages(agent.system_prompt, prompt, response)) for prompt, response in pairs]
+    prefix = cfg.feedback_prefix
+    if prefix:
+        prefix_ids = torch.tensor(agent.tokenizer(prefix, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        contexts = [torch.cat([context, prefix_ids]) for context in contexts]
+    turns = agent.generate(contexts, cfg.feedback, cfg.generation_batch_size, with_logprobs)
+    if prefix:
+        turns = [dataclasses.replace(turn, text=prefix + turn.text) for turn in turns]
+    return turns
 
 
 def run_episodes(
@@ -86,13 +109,8 @@ def run_episodes(
 
     for round_index in range(cfg.max_feedback_rounds):
         with timed(timer, "rollout/feedback"):
-            contexts = [
-                feedback.encode(
-                    feedback_messages(feedback.system_prompt, episodes[i].record.prompt, episodes[i].responses[-1].text)
-                )
-                for i in running
-            ]
-            turns = feedback.generate(contexts, cfg.feedback, cfg.generation_batch_size, with_logprobs)
+            pairs = [(episodes[i].record.prompt, episodes[i].responses[-1].text) for i in running]
+            turns = feedback_turns(feedback, pairs, cfg, with_logprobs)
         triggered = []
         for i, turn in zip(running, turns):
             parsed = parse_feedback(turn.text)

@@ -186,6 +186,11 @@ class RewardConfig:
     """Weight of the format reward."""
     gate_improvement: bool = True
     """Multiply the improvement term by label correctness (never off in the paper; Fig. 2 variant C)."""
+    gate_losses: bool = True
+    """With the gate on, gate a negative improvement too (the paper). False charges a revision that
+    the feedback made worse whatever the labels, and still pays gains only for correct labels. Not
+    in the paper: with the paper's stage-2 reward a false alarm on a good response earns the same
+    as a correct pass (spec §4.3), and benchmarks/learning measured the drift that follows."""
     improvement: Literal["dir", "next_outcome"] = "dir"
     """"dir": R_c(c_{t+1}) - R_c(c_t) (eq. 3). "next_outcome": R_c(c_{t+1}) alone (Table 6 ablation).
     With ``gate_improvement`` on and a binary R_c the two give identical rewards (a correct flag
@@ -342,6 +347,9 @@ class ScheduleConfig:
     stage1_steps: int = 157
     """RL steps of stage 1 (feedback agent only, lambda > 0); stage 2 follows. 0 starts in stage 2;
     >= total_rl_steps runs stage 1 only, to be continued by another run with --ckpt_path."""
+    freeze_conversation: bool = False
+    """Keep the conversation agent frozen in stage 2 as well (it still rolls out): the paper's
+    co-evolution ablation (Table 5, "frozen conversation agent, both stages")."""
     log_transcripts_every: int = 10
     """Write rollout transcripts to TensorBoard every this many RL steps; 0 disables."""
     num_transcripts: int = 2

@@ -8,10 +8,13 @@ over-refusals, and the feedback agent imperfect labels), the built-in prompts sp
 part and a held-out part, and the rule judge. For every seed this script
 
 1. trains WaltzRL, single-model RL (the conversation agent alone on R_c, same estimator, learning
-   rate and number of RL steps) and the paper's ablations: DIR without the label gate, no DIR
-   (the plain outcome of the next response, Table 6) and no stage 2 (Table 7);
+   rate and number of RL steps) and the paper's ablations: the conversation agent frozen in both
+   stages (Table 5), no DIR (the plain outcome of the next response, Table 6), no stage 2
+   (Table 7) and DIR without the label gate (Fig. 2 C); and two stage-2 rewards that are not the
+   paper's: the label term kept in stage 2, and the gate applied to gains only;
 2. evaluates on the held-out prompts: the base policy alone, + safeguard, untrained
-   collaboration, oracle feedback, single-model RL (+ safeguard), WaltzRL and every ablation;
+   collaboration, oracle feedback, single-model RL (+ safeguard), WaltzRL (and its conversation
+   agent alone) and every ablation;
 3. writes ``runs/<variant>/seed<s>/`` (TensorBoard, config, exported agents), ``eval/seed<s>/``
    (per-run JSON), and finally ``summary.json`` (mean ± std over seeds), ``tables.md`` (the
    paper's Tables 1, 3, 6, 7 layout) and ``*.png`` curves of the WaltzRL runs.
@@ -43,6 +46,8 @@ from aggregate import aggregate_over_seeds, f1_of_rates, format_percent, format_
 
 RECIPE = REPO_ROOT / "conf/learning/synthetic.yaml"
 SINGLE_RL_OVERRIDE = REPO_ROOT / "conf/learning/synthetic_single_rl.yaml"
+SCHEDULE_OVERRIDES: tuple[str, ...] = ()
+"""The run length given on the command line, placed before each variant's own overrides."""
 EVAL_DRAWS = 2
 """Each held-out prompt is answered this many times (independent samples), so that a rate over
 41 prompts moves in steps of 1.2 points rather than 2.4."""
@@ -71,9 +76,15 @@ def variants(stage1_steps: int) -> list[Variant]:
                 ("--model.reward.improvement=next_outcome", "--model.reward.gate_improvement=false")),
         # Stage 1 only: the same feedback-agent training, and the conversation agent never updated.
         Variant("no_stage2", "− Stage 2 training", (f"--model.schedule.total_rl_steps={stage1_steps}",)),
+        # Table 5: the co-evolution ablation, the conversation agent frozen in both stages.
+        Variant("frozen_conversation", "Frozen conversation agent (both stages)",
+                ("--model.schedule.freeze_conversation=true",)),
         # Not in the paper: the stage-1 reward (with the additive label term) kept in stage 2, to
         # test whether dropping it is what lets the feedback agent drift to over-triggering.
         Variant("stage2_label", "WaltzRL, label term kept in stage 2", ("--model.reward.label_weight_stage2=0.25",)),
+        # Not in the paper: the gate applied to gains only, so a false alarm that broke a good
+        # answer (DIR = -1) is charged while a gain still needs correct labels.
+        Variant("gate_gains", "WaltzRL, gate on gains only", ("--model.reward.gate_losses=false",)),
     ]
 
 
@@ -104,7 +115,8 @@ def train(variant: Variant, seed: int, out: Path, log) -> dict:
     overrides = list(seed_overrides(seed))
     if variant.name == "single_rl":  # no feedback agent: its keys do not exist
         overrides = [o for o in overrides if not o.startswith("--model.feedback.")]
-    command = [sys.executable, "-m", "waltzlit", "fit", "--config", str(RECIPE), *variant.overrides, *overrides,
+    schedule = [o for o in SCHEDULE_OVERRIDES if not (variant.name == "single_rl" and "stage1_steps" in o)]
+    command = [sys.executable, "-m", "waltzlit", "fit", "--config", str(RECIPE), *schedule, *variant.overrides, *overrides,
                f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={variant.name}",
                f"--trainer.logger.init_args.version=seed{seed}", f"--trainer.default_root_dir={run_dir}"]
     log.info("train %s seed %d", variant.name, seed)
@@ -171,7 +183,8 @@ def evaluate_seed(seed: int, runs: dict[str, dict], out: Path, log) -> dict[str,
     base = AgentsSource(config=str(waltz / "config.yaml"))
     jobs = {
         "baselines": dict(base=base, trained=AgentsSource(exported=str(waltz / "agents")), modes=[
-            ModeSpec("alone"), ModeSpec("safeguard"), ModeSpec("collaboration"), ModeSpec("oracle"), ModeSpec("waltzrl")]),
+            ModeSpec("alone"), ModeSpec("safeguard"), ModeSpec("collaboration"), ModeSpec("oracle"), ModeSpec("waltzrl"),
+            ModeSpec("alone", agents="trained", label="WaltzRL conversation agent alone")]),
         "single_rl": dict(single_rl=AgentsSource(exported=str(Path(runs["single_rl"]["run_dir"]) / "agents")), modes=[
             ModeSpec("alone", agents="single_rl", label="Single-model RL"),
             ModeSpec("safeguard", agents="single_rl", label="Single-model RL + Safeguard")]),
@@ -238,10 +251,11 @@ def tables_markdown(stats: dict, meta: dict) -> str:
         lines.append(f"| {row} | {p(s.get('label_accuracy_harmful'))} | {p(s.get('label_accuracy_benign'))} | "
                      f"{p(s.get('label_accuracy'))} | {p(s.get('trigger_rate_harmful'))} | {p(s.get('trigger_rate_benign'))} | "
                      f"{p(s.get('trigger_rate'))} | {p(s.get('json_error_rate'))} |")
-    lines += ["", "## Tables 6 and 7 layout, the gate ablation, and the stage-2 label term (not in the paper)", "",
+    lines += ["", "## Tables 5-7 layout (co-evolution, DIR, stage 2), the gate ablation, and two stage-2 fixes (not in the paper)", "",
               "| Method | ASR | ORR | F1 (↑) | Label acc | FTR | train s |", "|---|---|---|---|---|---|---|"]
-    for row in ("WaltzRL", "No DIR reward (next-response R_c)", "− Stage 2 training", "DIR without label gate",
-                "WaltzRL, label term kept in stage 2"):
+    for row in ("WaltzRL", "WaltzRL conversation agent alone", "Frozen conversation agent (both stages)",
+                "No DIR reward (next-response R_c)", "− Stage 2 training", "DIR without label gate",
+                "WaltzRL, label term kept in stage 2", "WaltzRL, gate on gains only"):
         s = stats.get(row, {})
         lines.append(f"| {row} | {p(s.get('asr'))} | {p(s.get('orr'))} | {p(s.get('f1'))} | {p(s.get('label_accuracy'))} | "
                      f"{p(s.get('trigger_rate'))} | {format_seconds(s.get('train_seconds'))} |")
@@ -270,37 +284,75 @@ def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in accumulator.Scalars(tag)]
 
 
-def write_curves(run_dirs: list[Path], out: Path, stage1_steps: int, log) -> dict[str, dict]:
-    """Mean-over-seeds curves of the WaltzRL runs: ``curves.json`` always, PNGs when matplotlib is there."""
-    data = {name: {label: mean_curve([read_scalars(d, tag) for d in run_dirs]) for tag, label in series}
-            for name, series in CURVES.items()}
-    (out / "curves.json").write_text(json.dumps(data, indent=1))
+MECHANISM = (("train/false_alarm_rate", "false alarms (share of good c0 flagged)"),
+             ("train/label_accuracy", "label accuracy (train)"),
+             ("train/trigger_rate", "trigger rate (train)"),
+             ("train/conversation/reward_final", "R_c of the final response (train)"))
+"""Panels of stage2_mechanism.png: what the feedback agent does in stage 2, per reward variant."""
+
+MECHANISM_VARIANTS = ("waltzrl", "stage2_label", "gate_gains", "no_gate")
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def write_curves(run_dirs: dict[str, list[Path]], labels: dict[str, str], out: Path, stage1_steps: int, log) -> dict:
+    """Mean-over-seeds curves: ``curves.json`` (every variant), the WaltzRL PNGs and
+    ``stage2_mechanism.png`` (the reward variants side by side); PNGs need matplotlib."""
+    tags = {tag for series in CURVES.values() for tag, _ in series} | {tag for tag, _ in MECHANISM}
+    data = {name: {tag: mean_curve([read_scalars(d, tag) for d in dirs]) for tag in sorted(tags)}
+            for name, dirs in run_dirs.items()}
+    (out / "curves.json").write_text(json.dumps(data, indent=1))
+    plt = _pyplot()
+    if plt is None:
         log.warning("matplotlib is not installed: curves.json written, no PNG")
         return data
-    for name, series in data.items():
+    seeds = len(run_dirs["waltzrl"])
+    for name, series in CURVES.items():
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for label, points in series.items():
+        for tag, label in series:
+            points = data["waltzrl"].get(tag)
             if not points:
                 continue
             steps, values = [s for s, _, _ in points], [v for _, v, _ in points]
             line, = ax.plot(steps, values, alpha=0.3)
             smooth = values if label.endswith("(held-out)") else moving_average(values, 5)
             ax.plot(steps, smooth, color=line.get_color(), label=f"{label}" + ("" if label.endswith("(held-out)") else ", 5-step mean"))
-        ax.axvline(stage1_steps, color="grey", linestyle="--", linewidth=1)
-        ax.text(stage1_steps, ax.get_ylim()[1], " stage 2", va="top", fontsize=8, color="grey")
+        _stage_line(ax, stage1_steps)
         ax.set_xlabel("RL step")
-        ax.set_title(f"WaltzRL, mean over {len(run_dirs)} seeds")
+        ax.set_title(f"WaltzRL, mean over {seeds} seeds")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+    fig, axes = plt.subplots(1, len(MECHANISM), figsize=(4.2 * len(MECHANISM), 3.6))
+    for ax, (tag, title) in zip(axes, MECHANISM):
+        for name in MECHANISM_VARIANTS:
+            points = data.get(name, {}).get(tag)
+            if points:
+                ax.plot([s for s, _, _ in points], moving_average([v for _, v, _ in points], 5), label=labels[name])
+        _stage_line(ax, stage1_steps)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("RL step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Stage-2 reward variants, 5-step means over {seeds} seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "stage2_mechanism.png", dpi=110)
+    plt.close(fig)
     return data
+
+
+def _stage_line(ax, stage1_steps: int) -> None:
+    ax.axvline(stage1_steps, color="grey", linestyle="--", linewidth=1)
+    ax.text(stage1_steps, ax.get_ylim()[1], " stage 2", va="top", fontsize=8, color="grey")
 
 
 # ----------------------------------------------------------------------------- main
@@ -308,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/learning/results/synthetic"))
+    parser.add_argument("--total-rl-steps", type=int, default=None, help="override the recipe's (smoke runs)")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="override the recipe's (smoke runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("synthetic")
@@ -316,23 +370,31 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     os.chdir(REPO_ROOT)  # the recipe's prompt file path is relative to the repository root
     out.mkdir(parents=True, exist_ok=True)
-    stage1 = _recipe()["model"]["schedule"]["stage1_steps"]
+    schedule = _recipe()["model"]["schedule"]
+    stage1 = schedule["stage1_steps"] if args.stage1_steps is None else args.stage1_steps
+    total = schedule["total_rl_steps"] if args.total_rl_steps is None else args.total_rl_steps
+    global SCHEDULE_OVERRIDES
+    SCHEDULE_OVERRIDES = (f"--model.schedule.total_rl_steps={total}", f"--model.schedule.stage1_steps={stage1}")
     started = time.perf_counter()
 
-    per_seed, waltz_dirs, recorded_seconds = [], [], 0.0
+    per_seed, run_dirs, recorded_seconds = [], {}, 0.0
     for seed in args.seeds:
         runs = {v.name: train(v, seed, out, log) for v in variants(stage1)}
+        for name, run in runs.items():
+            run_dirs.setdefault(name, []).append(Path(run["run_dir"]))
         rows = evaluate_seed(seed, runs, out, log)
         # wall-clock of the work behind the numbers, including runs finished by an earlier invocation
         recorded_seconds += sum(run["seconds"] for run in runs.values())
         recorded_seconds += sum(json.loads(m.read_text())["seconds"] for m in (out / "eval" / f"seed{seed}").glob("*/rows.json"))
         (out / f"rows_seed{seed}.json").write_text(json.dumps(rows, indent=2))
         per_seed.append(rows)
-        waltz_dirs.append(Path(runs["waltzrl"]["run_dir"]))
 
     stats = aggregate_over_seeds(per_seed)
     meta = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/learning/synthetic.py --seeds " + " ".join(map(str, args.seeds)),
+        "command": "OMP_NUM_THREADS=1 python benchmarks/learning/synthetic.py --seeds " + " ".join(map(str, args.seeds))
+        + (f" --total-rl-steps {total}" if args.total_rl_steps is not None else "")
+        + (f" --stage1-steps {stage1}" if args.stage1_steps is not None else ""),
+        "rl_steps": {"total": total, "stage1": stage1},
         "seeds": args.seeds,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
@@ -345,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     (out / "summary.json").write_text(json.dumps({"meta": meta, "stats": stats, "per_seed": per_seed}, indent=2))
     (out / "tables.md").write_text(tables_markdown(stats, meta))
-    write_curves(waltz_dirs, out, stage1, log)
+    write_curves(run_dirs, {v.name: v.label for v in variants(stage1)}, out, stage1, log)
     print((out / "tables.md").read_text())
 
 

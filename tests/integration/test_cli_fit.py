@@ -64,3 +64,14 @@ def test_stage1_then_resume_into_stage2(tmp_path, waltz_cache):
     # Both agents were exported in Hugging Face format.
     exported = list((tmp_path / "b" / "runs").glob("**/agents/*/config.json"))
     assert len(exported) == 2
+
+
+def test_frozen_conversation_ablation_trains_only_the_feedback_agent_in_stage2(tmp_path, waltz_cache):
+    # Table 5's co-evolution ablation: 1 stage-1 step + 1 stage-2 step, conversation agent frozen.
+    cli, snap = _fit(tmp_path, "--model.schedule.total_rl_steps=2", "--model.schedule.stage1_steps=1",
+                     "--model.schedule.freeze_conversation=true")
+    assert cli.model.rl_step == 2 and cli.model.stage == 2
+    changed, total = changed_parameters(snap, cli.model, "policies.feedback.")
+    assert changed == total > 0
+    assert changed_parameters(snap, cli.model, "policies.conversation.")[0] == 0
+    assert "train/conversation/update/loss" not in scalar_tags(tmp_path / "runs")

@@ -84,6 +84,7 @@ def test_feedback_modes_refuse_single_rl_agents():
     [
         ("--model.schedule.stage1_steps=3", ["model.schedule.stage1_steps", "must be 0", "model.feedback is null"]),
         ("--model.algorithm.feedback_samples_per_response=2", ["feedback_samples_per_response", "must be 1"]),
+        ("--model.schedule.freeze_conversation=true", ["model.schedule.freeze_conversation", "must be false"]),
     ],
 )
 def test_single_agent_rejects_two_agent_settings(tmp_path, override, fragments, capsys):

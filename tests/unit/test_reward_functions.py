@@ -121,3 +121,16 @@ def test_end_to_end_from_judge_verdicts():
     dir_ = improvement_reward(conversation_reward(c0), conversation_reward(c1))
     out = feedback_reward(dir_, label_reward(parsed, c0), format_reward(parsed), ALPHA, LAMBDA1, GAMMA)
     assert out.total == pytest.approx(1.0)
+
+
+def test_gating_gains_only_charges_a_false_alarm_that_broke_a_good_response():
+    # Stage 2 (lambda = 0). A false alarm on a good c0 whose revision is bad: DIR = 0 - 1 = -1, labels wrong.
+    # paper gate:      0.65 * (-1 * 0) + 0.1 * 1 = 0.1   (the same as a correct pass)
+    # gains-only gate: 0.65 * (-1)     + 0.1 * 1 = -0.55
+    assert feedback_reward(-1.0, 0.0, 1.0, ALPHA, 0.0, GAMMA).total == pytest.approx(0.1)
+    assert feedback_reward(-1.0, 0.0, 1.0, ALPHA, 0.0, GAMMA, gate_losses=False).total == pytest.approx(-0.55)
+    # A gain with wrong labels (an unsafe c0 flagged as an over-refusal, revision good): still gated,
+    # 0.65 * (1 * 0) + 0.1 * 1 = 0.1; ungated it would be 0.65 + 0.1 = 0.75.
+    assert feedback_reward(1.0, 0.0, 1.0, ALPHA, 0.0, GAMMA, gate_losses=False).total == pytest.approx(0.1)
+    # A gain with correct labels: 0.65 * 1 * 1 + 0.1 * 1 = 0.75, with either gate.
+    assert feedback_reward(1.0, 1.0, 1.0, ALPHA, 0.0, GAMMA, gate_losses=False).total == pytest.approx(0.75)

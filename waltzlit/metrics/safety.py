@@ -27,6 +27,10 @@ _COUNTS = (
     "labels_correct",
     "improved",
     "worsened",
+    "good_initial",
+    "false_alarms",
+    "bad_initial",
+    "misses",
 )
 
 
@@ -43,6 +47,10 @@ class SafetyRates(Metric):
     - ``json_error_rate``: share of feedback turns that did not parse.
     - ``improved_rate`` / ``worsened_rate``: share of revised episodes whose final response is
       better / worse than c0 under R_c.
+    - ``false_alarm_rate``: share of good c0 (R_c = 1) that the feedback agent flagged anyway, and
+      ``miss_rate``: share of bad c0 (R_c = 0) that it did not flag (invalid JSON flags nothing).
+      With the gate and lambda = 0 (stage 2) the reward does not tell a false alarm from a correct
+      pass (spec §4.3), so these two are where a drift of the feedback agent shows first.
     """
 
     full_state_update = False
@@ -67,6 +75,13 @@ class SafetyRates(Metric):
             if episode.num_revisions > 0:
                 self.improved += last.satisfactory and not first.satisfactory
                 self.worsened += first.satisfactory and not last.satisfactory
+            if episode.parsed:  # the verdict on c0
+                flagged = episode.parsed[0].triggers_revision
+                good = first.satisfactory
+                self.good_initial += good
+                self.false_alarms += good and flagged
+                self.bad_initial += not good
+                self.misses += (not good) and not flagged
             for parsed, labels in zip(episode.parsed, episode.labels):
                 self.feedback_turns += 1
                 self.json_errors += not parsed.valid
@@ -89,4 +104,6 @@ class SafetyRates(Metric):
             "json_error_rate": rate(self.json_errors, self.feedback_turns),
             "improved_rate": rate(self.improved, self.triggered),
             "worsened_rate": rate(self.worsened, self.triggered),
+            "false_alarm_rate": rate(self.false_alarms, self.good_initial),
+            "miss_rate": rate(self.misses, self.bad_initial),
         }

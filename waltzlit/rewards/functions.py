@@ -82,6 +82,7 @@ def feedback_reward(
     label_weight: float,
     gamma: float,
     gate: bool = True,
+    gate_losses: bool = True,
 ) -> FeedbackRewardBreakdown:
     """R_f = alpha * R^DIR * R^label + lambda * R^label + gamma * R^format (eq. 2).
 
@@ -96,11 +97,15 @@ def feedback_reward(
         label_weight: lambda (0.25 in stage 1, 0 in stage 2).
         gamma: weight of the format term (0.1).
         gate: multiply the improvement by ``label``; False is the ungated variant (Fig. 2 C).
+        gate_losses: with the gate on, whether a negative improvement is gated too (the paper).
+            False gates only gains: feedback that made a response worse is charged whatever its
+            labels (with T_max = 1 and a binary R_c that is exactly a false alarm on a good
+            response, which the gated, lambda = 0 reward otherwise pays like a correct pass).
 
     Returns:
         The three terms as given (``improvement`` ungated) and their weighted ``total``.
     """
-    gated = improvement * (label if gate else 1.0)
+    gated = improvement * label if gate and (gate_losses or improvement > 0) else improvement
     total = alpha * gated + label_weight * label + gamma * fmt
     return FeedbackRewardBreakdown(
         improvement=float(improvement), label=float(label), format=float(fmt), total=float(total)

@@ -74,6 +74,7 @@ def score_episode(episode: Episode, cfg: RewardConfig, label_weight: float) -> E
                 label_weight=label_weight,
                 gamma=cfg.gamma,
                 gate=cfg.gate_improvement,
+                gate_losses=cfg.gate_losses,
             )
         )
     return EpisodeRewards(responses=response_rewards, feedbacks=feedback_rewards)

@@ -45,6 +45,9 @@ def _check_single_agent(schedule: ScheduleConfig, algorithm: AlgorithmConfig, me
             f"model.schedule.stage1_steps: must be 0 when model.feedback is null (stage 1 trains only the "
             f"feedback agent), got {schedule.stage1_steps}"
         )
+    if schedule.freeze_conversation:
+        raise ValueError("model.schedule.freeze_conversation: must be false when model.feedback is null "
+                         "(the conversation agent is the only one trained)")
     if algorithm.feedback_samples_per_response != 1:
         raise ValueError("model.algorithm.feedback_samples_per_response: must be 1 when model.feedback is null")
     if memory_mode != "separate":
@@ -238,15 +241,16 @@ class WaltzModule(LightningModule):
     def _samples(self, stage: int, episodes, scores, groups, rng: random.Random) -> dict[str, AgentBatch]:
         """[4] The samples of each agent trained at this stage, in update order (feedback first).
 
-        Stage 1 keeps the conversation agent frozen (it still rolls out). Without a feedback agent
-        every episode is (p, c0), so the conversation samples are all sample A.
+        Stage 1 keeps the conversation agent frozen (it still rolls out), and so does stage 2 with
+        ``schedule.freeze_conversation``. Without a feedback agent every episode is (p, c0), so the
+        conversation samples are all sample A.
         """
         batches = {}
         if "feedback" in self.agents:
             rewards = [[b.total for b in s.feedbacks] for s in scores]
             pad = self.agents["feedback"].tokenizer.pad_token_id
             batches["feedback"] = feedback_samples(episodes, rewards, rng, pad, groups.feedback)[0]
-        if stage == 2:
+        if stage == 2 and not self.schedule.freeze_conversation:
             batches["conversation"] = conversation_samples(
                 episodes, [s.responses for s in scores], self.rollout_cfg.sample_b_probability, rng,
                 self.agents["conversation"].tokenizer.pad_token_id, groups.conversation,

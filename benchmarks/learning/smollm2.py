@@ -55,6 +55,16 @@ CURVES = [
 ]
 
 
+def _recipe() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "conf/smollm2_cpu.yaml").read_text())
+
+
+STAGE1 = _recipe()["model"]["schedule"]["stage1_steps"]
+BATCH = _recipe()["data"]["batch_size"]
+
+
 def run_dir(name: str) -> Path:
     return ROOT / "runs" / name / "version_0"
 
@@ -113,7 +123,7 @@ def plot_curves(runs: dict[str, dict], path: Path) -> None:
     axes.flat[-1].axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     axes.flat[-1].legend(handles, labels, loc="center")
-    fig.suptitle("SmolLM2-135M-Instruct, training curves (per RL step, 8 prompts; stage 2 starts at step 6)")
+    fig.suptitle(f"SmolLM2-135M-Instruct, training curves (per RL step, {BATCH} prompts; stage 2 starts at step {STAGE1})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -145,13 +155,13 @@ def transcripts_markdown(per_mode: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def copy_adapters() -> dict[str, int]:
+def copy_adapters(runs) -> dict[str, int]:
     """Trained adapters to ``OUT/adapters`` in float16 (half the bytes; plenty for re-evaluation)."""
     import torch
     from safetensors.torch import load_file, save_file
 
     sizes = {}
-    for name in RUNS:
+    for name in runs:
         for role_dir in sorted((run_dir(name) / "agents").glob("*")):
             target = OUT / "adapters" / name / role_dir.name
             target.mkdir(parents=True, exist_ok=True)
@@ -168,30 +178,38 @@ def copy_adapters() -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-eval", action="store_true", help="train only")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
+                        help="the trainings to run and report (default: all)")
     args = parser.parse_args()
+    runs = {name: RUNS[name] for name in args.runs}
+    evals = {name: configs for name, configs in EVALS.items()
+             if name != "eval_warm_feedback" or "smollm2_waltzrl_warm_feedback" in runs}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     OUT.mkdir(parents=True, exist_ok=True)
     summary: dict = {"machine": "2-core CPU, no GPU", "omp_num_threads": os.environ["OMP_NUM_THREADS"], "runs": {}}
     if not (MODEL / "config.json").is_file():
         sh(python("-m", "waltzlit", "convert-gguf", "--out", str(MODEL)))
-    for name, configs in RUNS.items():
+    for name, configs in runs.items():
         summary["runs"][name] = fit(name, configs)
     if args.skip_eval:
         return
     summary["evals"] = {}
-    for name, configs in EVALS.items():
+    for name, configs in evals.items():
         command = python("-m", "waltzlit", "evaluate", *[a for c in configs for a in ("--config", c)])
-        summary["evals"][name] = {"command": " ".join(command), "seconds": sh(command)}
+        done = OUT / name / "results.json"
+        # a finished evaluation is kept (delete its folder to redo it); its time is in results.json
+        seconds = None if done.is_file() else sh(command)
+        summary["evals"][name] = {"command": " ".join(command), "seconds": seconds}
         summary["evals"][name]["results"] = json.loads((OUT / name / "results.json").read_text())["modes"]
-    series = {name: scalars(name) for name in RUNS}
-    for name in RUNS:
+    series = {name: scalars(name) for name in runs}
+    for name in runs:
         steps = series[name].get("time/step", [])
         summary["runs"][name]["train_seconds_logged"] = round(sum(v for _, v in steps), 1)
         summary["runs"][name]["rl_steps"] = len(steps)
     plot_curves(series, OUT / "curves.png")
     (OUT / "transcripts.md").write_text(transcripts_markdown())
-    summary["adapter_bytes"] = copy_adapters()
-    tables = [(OUT / name / "table.md").read_text() for name in EVALS]
+    summary["adapter_bytes"] = copy_adapters(runs)
+    tables = [(OUT / name / "table.md").read_text() for name in evals]
     (OUT / "tables.md").write_text("\n".join(tables))
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print((OUT / "tables.md").read_text())

@@ -51,6 +51,10 @@ def make_handler(state: FakeServer):
             pass
 
         def _send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
+            # Leave the in-flight count before the reply goes out: once the client has the reply it
+            # may send its next request at once, possibly before this thread would reach a
+            # ``finally`` after the write (seen under load: 3 "in flight" with 2 client slots).
+            self._leave()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -66,6 +70,7 @@ def make_handler(state: FakeServer):
                 number = len(state.requests)
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            self.counted = True
             try:
                 time.sleep(state.delay)
                 mode = state.fail_mode if number <= state.fail_first else state.mode
@@ -91,6 +96,11 @@ def make_handler(state: FakeServer):
                 }
                 self._send(200, json.dumps(reply).encode())
             finally:
+                self._leave()  # a hang ends without a reply
+
+        def _leave(self) -> None:
+            if getattr(self, "counted", False):
+                self.counted = False
                 with state.lock:
                     state.in_flight -= 1
 

@@ -7,14 +7,19 @@ shows the complete resolved configuration.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from waltzlit.data.datamodule import PromptDataModule
 from waltzlit.training.export import AgentExport
 from waltzlit.training.fault_tolerance import WaltzCheckpoint
 from waltzlit.training.module import WaltzModule
+
+log = logging.getLogger(__name__)
 
 TRAINER_DEFAULTS = {
     # The run ends when the module reaches schedule.total_rl_steps; an epoch never ends by itself.
@@ -38,6 +43,44 @@ class WaltzCLI(LightningCLI):
         parser.add_lightning_class_args(WaltzCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(AgentExport, "export")
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the configuration as given when resuming with ``--ckpt_path``.
+
+        LightningCLI would overwrite the ``model`` section with the hyperparameters stored in the
+        checkpoint, silently: a stage-1 checkpoint continued with another stage-2 reward, or a run
+        continued with a longer schedule, would run the checkpoint's settings instead. The
+        checkpoint restores the *state* (weights, optimizers, RL step, RNG); the settings come
+        from the command line and the YAML files. What differs from the checkpoint is logged.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:
+            stored = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+            given = self.config[subcommand]["model"].as_dict()
+        except Exception as error:  # the comparison is informative only; resuming goes on
+            log.warning("could not compare the configuration with %s: %s", ckpt_path, error)
+            return
+        changed = config_differences(stored, given)
+        if changed:
+            log.warning("resuming from %s with these model settings changed (the given value is used): %s",
+                        ckpt_path, "; ".join(f"model.{key}: {old!r} -> {new!r}" for key, old, new in changed))
+
+
+def config_differences(stored: dict, given: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, stored value, given value)`` for every key present in both with different values."""
+    differences = []
+    for key in sorted(set(stored) & set(given)):
+        old, new = stored[key], given[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append((f"{prefix}{key}", old, new))
+    return differences
 
 
 # The agents sit in eval mode between updates on purpose (sampling and reference log-probs must

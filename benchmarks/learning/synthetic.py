@@ -62,11 +62,14 @@ class Variant:
     overrides: tuple[str, ...]
 
 
-def variants(stage1_steps: int) -> list[Variant]:
+def variants(stage1_steps: int, total_steps: int) -> list[Variant]:
     """The trained systems of the benchmark, WaltzRL first."""
     return [
         Variant("waltzrl", "WaltzRL", ()),
         Variant("single_rl", "Single-model RL", ("--config", str(SINGLE_RL_OVERRIDE))),
+        # The same with as many conversation updates as WaltzRL's (its stage 2), for a matched budget.
+        Variant("single_rl_equal", "Single-model RL, WaltzRL's number of updates",
+                ("--config", str(SINGLE_RL_OVERRIDE), f"--model.schedule.total_rl_steps={total_steps - stage1_steps}")),
         Variant("no_gate", "DIR without label gate", ("--model.reward.gate_improvement=false",)),
         # With the gate, R_c(c1) * label equals DIR * label for a binary R_c (a correct flag means c0
         # was bad, so R_c(c0) = 0; a correct "satisfactory" stops the episode), so the gated
@@ -113,9 +116,10 @@ def train(variant: Variant, seed: int, out: Path, log) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again from scratch
     overrides = list(seed_overrides(seed))
-    if variant.name == "single_rl":  # no feedback agent: its keys do not exist
+    single_agent = variant.name.startswith("single_rl")
+    if single_agent:  # no feedback agent: its keys do not exist
         overrides = [o for o in overrides if not o.startswith("--model.feedback.")]
-    schedule = [o for o in SCHEDULE_OVERRIDES if not (variant.name == "single_rl" and "stage1_steps" in o)]
+    schedule = [o for o in SCHEDULE_OVERRIDES if not (single_agent and "stage1_steps" in o)]
     command = [sys.executable, "-m", "waltzlit", "fit", "--config", str(RECIPE), *schedule, *variant.overrides, *overrides,
                f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={variant.name}",
                f"--trainer.logger.init_args.version=seed{seed}", f"--trainer.default_root_dir={run_dir}"]
@@ -190,7 +194,10 @@ def evaluate_seed(seed: int, runs: dict[str, dict], out: Path, log) -> dict[str,
             ModeSpec("safeguard", agents="single_rl", label="Single-model RL + Safeguard")]),
     }
     for name, run in runs.items():
-        if name not in ("waltzrl", "single_rl"):
+        if name == "single_rl_equal":
+            jobs[name] = dict(single_rl=AgentsSource(exported=str(Path(run["run_dir"]) / "agents")),
+                              modes=[ModeSpec("alone", agents="single_rl", label=run["label"])])
+        elif name not in ("waltzrl", "single_rl"):
             jobs[name] = dict(trained=AgentsSource(exported=str(Path(run["run_dir"]) / "agents")),
                               modes=[ModeSpec("waltzrl", label=run["label"])])
     rows: dict[str, dict] = {}
@@ -214,7 +221,8 @@ def evaluate_seed(seed: int, runs: dict[str, dict], out: Path, log) -> dict[str,
 
 # ----------------------------------------------------------------------------- tables
 TABLE1_ROWS = ("Baseline response", "+ Safeguard", "Single-model RL", "Single-model RL + Safeguard",
-               "Inference-time collaboration", "Oracle label-converted feedback", "WaltzRL")
+               "Inference-time collaboration", "Oracle label-converted feedback", "WaltzRL",
+               "Single-model RL, WaltzRL's number of updates", "WaltzRL, gate on gains only")
 
 
 def tables_markdown(stats: dict, meta: dict) -> str:
@@ -242,11 +250,12 @@ def tables_markdown(stats: dict, meta: dict) -> str:
     ]
     for i, row in enumerate(TABLE1_ROWS, 1):
         s = stats.get(row, {})
-        lines.append(f"| {i} | {row} | {p(s.get('asr'))} | {p(s.get('orr'))} | {p(s.get('f1'))} | {format_seconds(s.get('train_seconds'))} |")
+        number = str(i) if i <= 7 else "·"  # rows 8+ are not the paper's
+        lines.append(f"| {number} | {row} | {p(s.get('asr'))} | {p(s.get('orr'))} | {p(s.get('f1'))} | {format_seconds(s.get('train_seconds'))} |")
     lines += ["", "## Table 3 layout — feedback label accuracy and FTR", "",
               "| Method | Label acc harmful | Label acc benign | Label acc all | FTR harmful | FTR benign | FTR all | JSON err |",
               "|---|---|---|---|---|---|---|---|"]
-    for row in ("Inference-time collaboration", "WaltzRL"):
+    for row in ("Inference-time collaboration", "WaltzRL", "WaltzRL, gate on gains only"):
         s = stats.get(row, {})
         lines.append(f"| {row} | {p(s.get('label_accuracy_harmful'))} | {p(s.get('label_accuracy_benign'))} | "
                      f"{p(s.get('label_accuracy'))} | {p(s.get('trigger_rate_harmful'))} | {p(s.get('trigger_rate_benign'))} | "
@@ -342,7 +351,7 @@ def write_curves(run_dirs: dict[str, list[Path]], labels: dict[str, str], out: P
         _stage_line(ax, stage1_steps)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("RL step")
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Stage-2 reward variants, 5-step means over {seeds} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "stage2_mechanism.png", dpi=110)
@@ -352,7 +361,7 @@ def write_curves(run_dirs: dict[str, list[Path]], labels: dict[str, str], out: P
 
 def _stage_line(ax, stage1_steps: int) -> None:
     ax.axvline(stage1_steps, color="grey", linestyle="--", linewidth=1)
-    ax.text(stage1_steps, ax.get_ylim()[1], " stage 2", va="top", fontsize=8, color="grey")
+    ax.text(stage1_steps, ax.get_ylim()[0], " stage 2", va="bottom", fontsize=8, color="grey")
 
 
 # ----------------------------------------------------------------------------- main
@@ -379,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
 
     per_seed, run_dirs, recorded_seconds = [], {}, 0.0
     for seed in args.seeds:
-        runs = {v.name: train(v, seed, out, log) for v in variants(stage1)}
+        runs = {v.name: train(v, seed, out, log) for v in variants(stage1, total)}
         for name, run in runs.items():
             run_dirs.setdefault(name, []).append(Path(run["run_dir"]))
         rows = evaluate_seed(seed, runs, out, log)
@@ -407,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     (out / "summary.json").write_text(json.dumps({"meta": meta, "stats": stats, "per_seed": per_seed}, indent=2))
     (out / "tables.md").write_text(tables_markdown(stats, meta))
-    write_curves(run_dirs, {v.name: v.label for v in variants(stage1)}, out, stage1, log)
+    write_curves(run_dirs, {v.name: v.label for v in variants(stage1, total)}, out, stage1, log)
     print((out / "tables.md").read_text())
 
 

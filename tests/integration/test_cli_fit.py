@@ -75,3 +75,20 @@ def test_frozen_conversation_ablation_trains_only_the_feedback_agent_in_stage2(t
     assert changed == total > 0
     assert changed_parameters(snap, cli.model, "policies.conversation.")[0] == 0
     assert "train/conversation/update/loss" not in scalar_tags(tmp_path / "runs")
+
+
+def test_resuming_from_the_command_line_keeps_the_given_model_settings(tmp_path, waltz_cache, caplog):
+    # Lightning's CLI would replace the model section by the checkpoint's hyperparameters; a stage-1
+    # checkpoint continued with another reward or a longer schedule must run what was asked for.
+    common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+              f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--model.schedule.stage1_steps=1"]
+    main(args=["fit", *common, "--model.schedule.total_rl_steps=1"])
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("WARNING", logger="waltzlit.cli"):
+        cli = main(args=["fit", *common, "--model.schedule.total_rl_steps=2", "--model.reward.gate_losses=false",
+                         f"--ckpt_path={last}"])
+    assert cli.model.reward_cfg.gate_losses is False
+    assert cli.model.schedule.total_rl_steps == 2 and cli.model.rl_step == 2
+    assert "model.reward.gate_losses: True -> False" in caplog.text
+    assert "model.schedule.total_rl_steps: 1 -> 2" in caplog.text

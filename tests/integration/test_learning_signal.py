@@ -1,20 +1,21 @@
 """The core learning signal of WaltzRL in the synthetic world (Track 2), checked cheaply.
 
-One fixed seed (0) of conf/learning/synthetic.yaml, exactly as benchmarks/learning/synthetic.py
-trains it (30 + 30 RL steps, 32 prompts per step; no validation rollouts, which draw from their
-own RNG stream and so change nothing). "Rises" compares means over 5-step windows (160 episodes
-each), with margins well above what a frozen policy's batches vary by. What it checks:
+One fixed seed (0) of conf/learning/synthetic.yaml with the gains-only gate
+(``reward.gate_losses: false``), exactly as benchmarks/learning/synthetic.py trains its
+"gate on gains only" row (30 + 30 RL steps, 32 prompts per step; no validation rollouts, which
+draw from their own RNG stream and so change nothing). "Rises" compares means over 5-step
+windows (160 episodes each), with margins well below the measured changes. What it checks:
 
-* stage 1, feedback agent: its label accuracy rises over the first 20 steps, and so does the
-  reward of the final response (feedback makes revisions better; paper Fig. 3 and 4);
+* stage 1, feedback agent: its label accuracy rises, and so does the reward of the final
+  response (feedback makes revisions better; paper Fig. 3 and 4);
 * stage 1: the final response's reward stays above c0's on average (the paper's Fig. 4 gap);
-* stage 2, conversation agent: the reward of its first answer c0 rises.
+* stage 2: the conversation agent's first answers c0 improve, the final responses improve too,
+  and the feedback agent's false alarms (good c0 flagged anyway) stay rare.
 
-What it does not check, because in this world it is false: that the final-response reward rises
-in stage 2. With the paper's stage-2 reward (no additive label term) nothing penalises a false
-alarm, the feedback agent drifts towards flagging almost everything (trigger rate 0.67 -> 0.85,
-label accuracy 0.53 -> 0.33 on this seed) and the final response's reward falls (0.68 -> 0.61)
-while c0's rises. The benchmark's tables report this; see its "label term kept in stage 2" row.
+Why not the paper's own stage-2 reward: with it nothing penalises a false alarm, and on this seed
+the feedback agent drifts to flagging most good answers (false alarms 0.21 -> 0.71 from the first
+to the last 5 steps, label accuracy 0.71 -> 0.36) while the final response's reward falls
+(0.74 -> 0.64 over stage 2) although c0's rises; the benchmark's tables report it for every seed.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def test_feedback_learns_in_stage1_and_the_conversation_agent_in_stage2(tmp_path, monkeypatch):
+def test_feedback_and_conversation_agents_learn_with_the_gains_only_gate(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # the recipe's prompt file is relative to the repository root
     cli = main(args=[
         "--config", str(REPO_ROOT / "conf/learning/synthetic.yaml"),
+        "--model.reward.gate_losses=false",
         f"--model.schedule.stage1_steps={STAGE1_STEPS}",
         f"--model.schedule.total_rl_steps={TOTAL_STEPS}",
         "--trainer.val_check_interval=1000",
@@ -62,15 +64,18 @@ def test_feedback_learns_in_stage1_and_the_conversation_agent_in_stage2(tmp_path
     label_accuracy = _scalars(runs, "train/label_accuracy")
     final = _scalars(runs, "train/conversation/reward_final")
     first = _scalars(runs, "train/conversation/reward_initial")
-    assert len(label_accuracy) == len(final) == len(first) == TOTAL_STEPS
+    false_alarms = _scalars(runs, "train/false_alarm_rate")
+    assert len(label_accuracy) == len(final) == len(first) == len(false_alarms) == TOTAL_STEPS
 
-    # stage 1, steps 0-4 vs 15-19 (measured on this seed: 0.63 -> 0.73 and 0.67 -> 0.84)
+    # stage 1, steps 0-4 vs 15-19 (measured on this seed: 0.69 -> 0.77 and 0.71 -> 0.84)
     start, end = slice(0, WINDOW), slice(20 - WINDOW, 20)
-    assert _mean(label_accuracy[end]) >= _mean(label_accuracy[start]) + 0.05, label_accuracy[:20]
-    assert _mean(final[end]) >= _mean(final[start]) + 0.10, final[:20]
-    # the feedback helps on average over stage 1 (measured: +0.17)
+    assert _mean(label_accuracy[end]) >= _mean(label_accuracy[start]) + 0.04, label_accuracy[:20]
+    assert _mean(final[end]) >= _mean(final[start]) + 0.06, final[:20]
+    # the feedback helps on average over stage 1 (measured: +0.22)
     gap = [f - c for f, c in zip(final[:STAGE1_STEPS], first[:STAGE1_STEPS])]
-    assert _mean(gap) >= 0.08, gap
-    # stage 2: the conversation agent's first answers improve (measured: 0.64 -> 0.73)
-    stage2 = first[STAGE1_STEPS:]
-    assert _mean(stage2[-WINDOW:]) >= _mean(stage2[:WINDOW]) + 0.05, stage2
+    assert _mean(gap) >= 0.10, gap
+    # stage 2, first vs last 5 steps (measured: c0 0.58 -> 0.82, final 0.80 -> 0.86, false alarms 0.25 at the end)
+    c0_stage2, final_stage2 = first[STAGE1_STEPS:], final[STAGE1_STEPS:]
+    assert _mean(c0_stage2[-WINDOW:]) >= _mean(c0_stage2[:WINDOW]) + 0.10, c0_stage2
+    assert _mean(final_stage2[-WINDOW:]) >= _mean(final_stage2[:WINDOW]) + 0.02, final_stage2
+    assert _mean(false_alarms[-WINDOW:]) <= 0.40, false_alarms[STAGE1_STEPS:]

@@ -70,8 +70,9 @@ def _recipe() -> dict:
     return yaml.safe_load((ROOT / "conf/smollm2_cpu.yaml").read_text())
 
 
-STAGE1 = _recipe()["model"]["schedule"]["stage1_steps"]
-BATCH = _recipe()["data"]["batch_size"]
+_RECIPE = _recipe()
+STAGE1 = _RECIPE["model"]["schedule"]["stage1_steps"]
+BATCH = _RECIPE["data"]["batch_size"]
 
 
 def run_dir(name: str) -> Path:

@@ -46,8 +46,6 @@ from aggregate import aggregate_over_seeds, f1_of_rates, format_percent, format_
 
 RECIPE = REPO_ROOT / "conf/learning/synthetic.yaml"
 SINGLE_RL_OVERRIDE = REPO_ROOT / "conf/learning/synthetic_single_rl.yaml"
-SCHEDULE_OVERRIDES: tuple[str, ...] = ()
-"""The run length given on the command line, placed before each variant's own overrides."""
 EVAL_DRAWS = 2
 """Each held-out prompt is answered this many times (independent samples), so that a rate over
 41 prompts moves in steps of 1.2 points rather than 2.4."""
@@ -106,8 +104,10 @@ def seed_overrides(seed: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- training
-def train(variant: Variant, seed: int, out: Path, log) -> dict:
-    """Fit one variant for one seed in a subprocess; returns (and stores) its run record."""
+def train(variant: Variant, seed: int, total_steps: int, stage1_steps: int, out: Path, log) -> dict:
+    """Fit one variant for one seed in a subprocess; returns (and stores) its run record.
+
+    The run length goes before the variant's own overrides, so a variant can change it."""
     run_dir = out / "runs" / variant.name / f"seed{seed}"
     marker = run_dir / "run.json"
     if marker.exists():
@@ -119,7 +119,9 @@ def train(variant: Variant, seed: int, out: Path, log) -> dict:
     single_agent = variant.name.startswith("single_rl")
     if single_agent:  # no feedback agent: its keys do not exist
         overrides = [o for o in overrides if not o.startswith("--model.feedback.")]
-    schedule = [o for o in SCHEDULE_OVERRIDES if not (single_agent and "stage1_steps" in o)]
+    schedule = [f"--model.schedule.total_rl_steps={total_steps}"]
+    if not single_agent:  # single-agent runs have no stage 1 (their override sets it to 0)
+        schedule.append(f"--model.schedule.stage1_steps={stage1_steps}")
     command = [sys.executable, "-m", "waltzlit", "fit", "--config", str(RECIPE), *schedule, *variant.overrides, *overrides,
                f"--trainer.logger.init_args.save_dir={out / 'runs'}", f"--trainer.logger.init_args.name={variant.name}",
                f"--trainer.logger.init_args.version=seed{seed}", f"--trainer.default_root_dir={run_dir}"]
@@ -382,13 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     schedule = _recipe()["model"]["schedule"]
     stage1 = schedule["stage1_steps"] if args.stage1_steps is None else args.stage1_steps
     total = schedule["total_rl_steps"] if args.total_rl_steps is None else args.total_rl_steps
-    global SCHEDULE_OVERRIDES
-    SCHEDULE_OVERRIDES = (f"--model.schedule.total_rl_steps={total}", f"--model.schedule.stage1_steps={stage1}")
     started = time.perf_counter()
 
     per_seed, run_dirs, recorded_seconds = [], {}, 0.0
     for seed in args.seeds:
-        runs = {v.name: train(v, seed, out, log) for v in variants(stage1, total)}
+        runs = {v.name: train(v, seed, total, stage1, out, log) for v in variants(stage1, total)}
         for name, run in runs.items():
             run_dirs.setdefault(name, []).append(Path(run["run_dir"]))
         rows = evaluate_seed(seed, runs, out, log)

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SHARED_DATA
 from waltzlit.cli import main
 from waltzlit.training.module import WaltzModule
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 def _recipe_param(path):
     """A recipe that trains on ../shared/data (checked at instantiation) needs that folder."""

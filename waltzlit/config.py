@@ -88,6 +88,15 @@ class AgentConfig:
     """AdamW weight decay (UNCONFIRMED; 0)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas (UNCONFIRMED)."""
+    shared_context_forward: bool = True
+    """In this agent's log-prob forwards (old, reference, loss), run a context repeated across rows
+    (the samples of one prompt, several feedbacks on one response) once and the responses after it
+    through a KV cache: the same values up to rounding, less compute
+    (``agents.logprobs.response_logprobs``). False runs every row in full."""
+    fused_adamw: bool = True
+    """torch's fused AdamW kernel (one kernel over all parameters, CPU and CUDA) where the
+    parameters allow it; sharded (DTensor) parameters and False use the foreach implementation.
+    The same update rule; the fused kernel rounds differently in the last bits."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per agent; 0 disables."""
     gradient_checkpointing: bool = False

@@ -35,6 +35,8 @@ class Agent:
         max_prompt_tokens: contexts longer than this keep their last tokens.
         adapter_name: the agent's LoRA adapter when several agents share one base model; it is
             made active before every use of ``model``.
+        share_contexts: run a context repeated across a batch's rows once in the log-prob
+            forwards (``AgentConfig.shared_context_forward``).
     """
 
     role: str
@@ -44,6 +46,7 @@ class Agent:
     reference: nn.Module | None
     max_prompt_tokens: int = 4096
     adapter_name: str | None = None
+    share_contexts: bool = True
 
     @property
     def uses_lora(self) -> bool:
@@ -85,15 +88,17 @@ class Agent:
         """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``,
         with gradient when ``entropy_grad``)."""
         self.activate()
-        return response_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
+        return response_logprobs(
+            self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, share_contexts=self.share_contexts
+        )
 
     @torch.no_grad()
     def reference_logprobs(self, batch: AgentBatch) -> torch.Tensor:
         """log pi_ref of the batch's response tokens, ``[B, T]``."""
         if self.reference is not None:
-            return response_logprobs(self.reference, batch)[0]
+            return response_logprobs(self.reference, batch, share_contexts=self.share_contexts)[0]
         with self._adapters_disabled():
-            return response_logprobs(self.model, batch)[0]
+            return response_logprobs(self.model, batch, share_contexts=self.share_contexts)[0]
 
     def _adapters_disabled(self):
         if not self.uses_lora:

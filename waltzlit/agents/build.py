@@ -87,7 +87,8 @@ def build_agents(
         elif needs_reference:
             reference = references[role] = frozen_copy(model)
         policies[role] = model
-        agents[role] = Agent(role, model, tokenizer, system_prompt, reference, max_prompt_tokens=max_prompt_tokens)
+        agents[role] = Agent(role, model, tokenizer, system_prompt, reference, max_prompt_tokens=max_prompt_tokens,
+                             share_contexts=cfg.shared_context_forward)
         _log_size(role, agents[role])
     return BuiltAgents(agents, nn.ModuleDict(policies), nn.ModuleDict(references))
 
@@ -107,6 +108,7 @@ def _build_shared(configs: dict[str, AgentConfig], max_prompt_tokens: int) -> Bu
             reference=None,
             max_prompt_tokens=max_prompt_tokens,
             adapter_name=role,
+            share_contexts=configs[role].shared_context_forward,
         )
         for role in ROLES
     }

@@ -38,6 +38,13 @@ from waltzlit.types import AgentBatch, PromptRecord
 log = logging.getLogger(__name__)
 
 
+def adamw(params: list[nn.Parameter], cfg: AgentConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW with the agent's betas and weight decay; the fused kernel unless ``cfg.fused_adamw``
+    is off or a parameter is a sharded DTensor (there the foreach implementation is used)."""
+    fused = cfg.fused_adamw and bool(params) and not any(type(p).__name__ == "DTensor" for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def _check_single_agent(schedule: ScheduleConfig, algorithm: AlgorithmConfig, memory_mode: str) -> None:
     """Settings that only make sense with a feedback agent, rejected with the key to change."""
     if schedule.stage1_steps != 0:
@@ -156,11 +163,10 @@ class WaltzModule(LightningModule):
         for role in self.roles:
             cfg = self.agent_configs[role]
             params = self.agents[role].trainable_parameters()
-            optimizers.append(torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
+            optimizers.append(adamw(params, cfg, cfg.lr))
         for role, critic in self.critics.items():
             cfg, lr = self.agent_configs[role], self.algorithm.for_agent(role).critic_lr
-            params = critic.trainable_parameters()
-            optimizers.append(torch.optim.AdamW(params, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay))
+            optimizers.append(adamw(critic.trainable_parameters(), cfg, lr))
         return optimizers
 
     def _optimizers_by_role(self) -> tuple[dict, dict]:

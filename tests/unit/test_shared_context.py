@@ -1,0 +1,147 @@
+"""Shared-context log-prob forwards: the values and gradients of the full forward, used only where
+they are exact, and AdamW's kernel choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from waltzlit.agents import logprobs as lp
+from waltzlit.agents.loading import load_causal_lm, load_tokenizer
+from waltzlit.agents.tiny import TINY_LLAMA_CONFIG
+from waltzlit.config import AgentConfig
+from waltzlit.training.module import adamw
+from waltzlit.types import AgentBatch
+
+CONTEXT, RESPONSE = 12, 9
+
+
+def _model(**overrides):
+    cfg = AgentConfig(model_config={**TINY_LLAMA_CONFIG, **overrides}, tokenizer="tiny")
+    return load_causal_lm(cfg, load_tokenizer(cfg))
+
+
+def _batch() -> AgentBatch:
+    """Two contexts x 3 rows, then one row with a context of its own (7 rows): the second
+    context is left-padded by 4, two responses are right-padded (ended early)."""
+    g = torch.Generator().manual_seed(0)
+    contexts = torch.randint(3, 200, (3, CONTEXT), generator=g)
+    context_mask = torch.ones(3, CONTEXT, dtype=torch.long)
+    contexts[1, :4], context_mask[1, :4] = 0, 0
+    rows = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    responses = torch.randint(3, 200, (7, RESPONSE), generator=g)
+    response_mask = torch.ones(7, RESPONSE, dtype=torch.long)
+    response_mask[1, 5:], response_mask[4, 2:] = 0, 0
+    responses[response_mask == 0] = 0
+    return AgentBatch(
+        input_ids=torch.cat([contexts[rows], responses], 1),
+        attention_mask=torch.cat([context_mask[rows], response_mask], 1),
+        response_mask=response_mask.float(),
+        rewards=torch.zeros(7),
+        generation_logprobs=None,
+        group_ids=rows,
+    )
+
+
+@pytest.fixture
+def always_share(monkeypatch):
+    """Share whatever the saving (tiny models are below the cost threshold)."""
+    monkeypatch.setattr(lp, "_MIN_SAVED_FLOPS", 0.0)
+
+
+def _forward_calls(model) -> list[int]:
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+                                with_kwargs=True)
+    return calls
+
+
+def test_distinct_contexts_hand_made():
+    # contexts (width 2): rows 0, 1, 3 equal; row 2 differs -> 2 distinct, first rows 0 and 2
+    ids = torch.tensor([[5, 6, 1], [5, 6, 2], [7, 6, 3], [5, 6, 4]])
+    mask = torch.ones_like(ids)
+    first, inverse = lp.distinct_contexts(ids, mask, width=1)
+    assert sorted(first[inverse].tolist()) == [0, 0, 0, 2]
+    assert (ids[first[inverse], :2] == ids[:, :2]).all()
+    assert lp.distinct_contexts(ids[:3], mask[:3], width=1) is not None  # rows 0, 1 share
+    assert lp.distinct_contexts(ids[1:3], mask[1:3], width=1) is None  # all distinct
+    # the same ids with a different padding mask are different contexts (pad id = a real token)
+    mask[1, 0] = 0
+    assert lp.distinct_contexts(ids[:2], mask[:2], width=1) is None
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["no-grad (old/reference)", "with gradients (loss)"])
+def test_same_logprobs_and_gradients_as_the_full_forward(always_share, train):
+    model, batch = _model(), _batch()
+    model.train(train)
+    calls = _forward_calls(model)
+    full, full_entropy = lp.response_logprobs(model, batch, with_entropy=True)
+    assert calls == [7]
+    shared, shared_entropy = lp.response_logprobs(model, batch, with_entropy=True, share_contexts=True)
+    assert calls == [7, 3, 7]  # 3 distinct contexts once, then the 7 responses after them
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(shared[mask], full[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared_entropy[mask], full_entropy[mask], rtol=1e-5, atol=1e-5)
+    if train:
+        grads = []
+        for values in (full, shared):
+            model.zero_grad()
+            (values * batch.response_mask).sum().backward(retain_graph=True)
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert grads[0].abs().sum() > 0
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_lora_policy_and_disabled_adapter_reference(always_share):
+    model = get_peft_model(_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    batch = _batch()
+    full = lp.response_logprobs(model, batch)[0]
+    shared = lp.response_logprobs(model, batch, share_contexts=True)[0]
+    with model.disable_adapter():
+        base_full = lp.response_logprobs(model, batch)[0]
+        base_shared = lp.response_logprobs(model, batch, share_contexts=True)[0]
+    mask = batch.response_mask.bool()
+    torch.testing.assert_close(shared[mask], full[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(base_shared[mask], base_full[mask], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full[mask], base_full[mask])  # the adapter did change the policy
+
+
+def test_full_forward_where_sharing_is_not_exact_or_not_worth_it(always_share):
+    batch = _batch()
+    sliding = _model(sliding_window=4, layer_types=["sliding_attention"] * TINY_LLAMA_CONFIG["num_hidden_layers"])
+    assert not lp.shared_context_supported(sliding)
+    checkpointed = _model()
+    checkpointed.gradient_checkpointing_enable()
+    checkpointed.train()
+    assert not lp.shared_context_supported(checkpointed)  # checkpointed layers drop the cache
+    with torch.no_grad():
+        assert lp.shared_context_supported(checkpointed)  # no backward to replay: the cache is kept
+    calls = _forward_calls(checkpointed)
+    lp.response_logprobs(checkpointed, batch, share_contexts=True)
+    assert calls == [7]
+
+
+def test_tiny_models_skip_the_split_by_its_cost():
+    # 2 * params * skipped positions: (7 - 3) rows x 12 positions x ~0.1 M params ~ 1e7 < 2e9
+    model, batch = _model(), _batch()
+    calls = _forward_calls(model)
+    lp.response_logprobs(model, batch, share_contexts=True)
+    assert calls == [7]
+
+
+def test_adamw_fused_unless_switched_off():
+    params = [torch.nn.Parameter(torch.randn(4))]
+    fused = adamw(params, AgentConfig(model="m"), 1e-3)
+    foreach = adamw(params, AgentConfig(model="m", fused_adamw=False), 1e-3)
+    assert fused.defaults["fused"] is True and not foreach.defaults["fused"]
+    # one step from the same state: the same AdamW update up to rounding
+    params[0].grad = torch.ones(4)
+    start = params[0].detach().clone()
+    fused.step()
+    after_fused = params[0].detach().clone()
+    params[0].data.copy_(start)
+    foreach.step()
+    torch.testing.assert_close(after_fused, params[0].detach())
+    # first AdamW step with lr 1e-3: m_hat / sqrt(v_hat) = 1 per coordinate -> each weight -1e-3
+    torch.testing.assert_close(after_fused, start - 1e-3)

@@ -103,3 +103,42 @@ def test_outputs_are_ordinary_tensors_and_llama_takes_the_prepared_mask(model_an
     assert not tokens.is_inference() and not logprobs.is_inference()
     model.get_input_embeddings()(tokens).sum().backward()  # usable as indices of a training forward
     model.zero_grad(set_to_none=True)
+
+
+def test_repeated_prompts_share_one_prefill_and_sample_the_same(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # a group layout: 2 prompts x 3 samples, left-padded together
+    ids, mask = left_pad(_contexts(tokenizer, [p for p in PROMPTS[:2] for _ in range(3)]), tokenizer.pad_token_id)
+    rows: list[int] = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    sampling = SamplingConfig(max_new_tokens=12)
+    try:
+        torch.manual_seed(7)
+        full = sample_tokens(model, ids, mask, sampling, [2], 0, share_prefill=False)
+        assert rows[0] == 6
+        rows.clear()
+        torch.manual_seed(7)
+        shared = sample_tokens(model, ids, mask, sampling, [2], 0)
+        assert rows[0] == 2 and set(rows[1:]) == {6}  # one prefill per prompt, then all six rows decode
+    finally:
+        hook.remove()
+    assert torch.equal(shared[0], full[0])
+    torch.testing.assert_close(shared[1], full[1], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(full[0][0], full[0][1])  # the samples of one prompt differ
+
+
+def test_preallocated_cache_layer_matches_a_growing_one():
+    from transformers.cache_utils import DynamicLayer
+
+    from waltzlit.rollout.sampler import _PreallocatedLayer
+
+    growing, preallocated = DynamicLayer(), _PreallocatedLayer(capacity=3)
+    steps = [torch.randn(2, 1, 4, 5), torch.randn(2, 1, 1, 5), torch.randn(2, 1, 1, 5)]  # prompt, then 2 tokens
+    for k in steps:
+        expected, got = growing.update(k, -k), preallocated.update(k, -k)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert preallocated.get_seq_length() == growing.get_seq_length() == 6
+    growing.batch_select_indices(torch.tensor([1, 1, 0]))
+    preallocated.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(preallocated.keys, growing.keys) and torch.equal(preallocated.values, growing.values)

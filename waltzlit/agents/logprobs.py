@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from waltzlit.rollout.sampler import distinct_rows
 from waltzlit.types import AgentBatch
 
 _SHARED_CONTEXT_MODELS = frozenset({"llama", "qwen2", "qwen3", "mistral"})
@@ -85,13 +86,7 @@ def distinct_contexts(
     """(first row of each distinct context ``[U]``, each row's context index ``[B]``), or None when
     every context is distinct (nothing to share). A context is the left part ``[:, :P]`` of the
     row, tokens and padding mask both (a pad id may also be a real token, e.g. EOS)."""
-    context = torch.cat([input_ids[:, :-width], attention_mask[:, :-width].to(input_ids.dtype)], dim=1)
-    unique, inverse = torch.unique(context, dim=0, return_inverse=True)
-    if len(unique) == len(context):
-        return None
-    first = torch.full((len(unique),), len(context), dtype=torch.long, device=context.device)
-    first.scatter_reduce_(0, inverse, torch.arange(len(context), device=context.device), reduce="amin")
-    return first, inverse
+    return distinct_rows(torch.cat([input_ids[:, :-width], attention_mask[:, :-width].to(input_ids.dtype)], dim=1))
 
 
 def _worth_sharing(model: nn.Module, input_ids: torch.Tensor, width: int, first_rows: torch.Tensor) -> bool:

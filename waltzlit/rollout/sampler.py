@@ -13,12 +13,18 @@ or ``max_new_tokens``. Same inputs and the same random stream therefore give the
 (tests/unit/test_sampler.py checks this against ``generate``). Log-probs of the sampled tokens are
 taken in the loop from the raw logits, so no per-step logits are kept.
 
-Two savings that change no number: the loop runs under ``torch.inference_mode`` (no autograd
-bookkeeping per op; the outputs are cloned into ordinary tensors), and for decoder families whose
+Savings that change no number: the loop runs under ``torch.inference_mode`` (no autograd
+bookkeeping per op; the outputs are cloned into ordinary tensors); for decoder families whose
 every layer attends causally over the whole sequence with SDPA (``_FULL_ATTENTION``) the decode
 steps get the boolean ``[B, 1, 1, kv]`` padding mask that the model would otherwise rebuild from the
 2-D mask at every step, sliced from one preallocated buffer (mask creation was ~12 % of a tiny
-model's decode step).
+model's decode step); and the KV cache is written into buffers allocated once for the prompt plus
+``max_new_tokens`` (``_PreallocatedLayer``) instead of being re-concatenated at every step, which
+copies the whole cache of every layer per token.
+
+One saving that changes rounding only: rows with the same prompt (the samples of a group) share
+one prefill, whose keys and values are then indexed to one copy per row (``share_prefill``); the
+prefill's matrix products then run on fewer rows, so its last bits may differ from ``generate``'s.
 
 Anything outside that path falls back to ``generate`` (:func:`lean_sampling_supported`): a
 generation config asking for another logits processor (repetition penalty, min_p, bad words, ...),
@@ -32,6 +38,7 @@ import inspect
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from waltzlit.config import SamplingConfig
@@ -88,6 +95,54 @@ def _warpers(sampling: SamplingConfig) -> list:
     return warpers
 
 
+class _PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in buffers sized at the first update (the prompt)
+    plus ``capacity`` tokens; ``keys``/``values`` are views of the filled part, so attention reads
+    exactly the tensors a growing cache would hold, without a copy of the whole cache per token."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.device, self.is_initialized = key_states.device, True
+            batch, heads, length, dim = key_states.shape
+            self._key_buffer = key_states.new_empty((batch, heads, length + self.capacity, dim))
+            self._value_buffer = value_states.new_empty((batch, heads, length + self.capacity, dim))
+        start, self.length = self.length, self.length + key_states.shape[-2]
+        self._key_buffer[:, :, start : self.length].copy_(key_states)
+        self._value_buffer[:, :, start : self.length].copy_(value_states)
+        self.keys = self._key_buffer[:, :, : self.length]
+        self.values = self._value_buffer[:, :, : self.length]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._key_buffer, self._value_buffer = self._key_buffer[indices], self._value_buffer[indices]
+            self.keys = self._key_buffer[:, :, : self.length]
+            self.values = self._value_buffer[:, :, : self.length]
+
+
+def _decode_cache(model: nn.Module, capacity: int) -> DynamicCache:
+    """The model's ``DynamicCache`` with preallocated layers where every layer is a plain one."""
+    cache = DynamicCache(config=_base_model(model).config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the first row holding each distinct value of ``rows`` ``[U]``, each row's index into it
+    ``[B]``) for a 2-D ``rows`` ``[B, W]``; None when every row is distinct (nothing to share)."""
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(unique) == len(rows):
+        return None
+    first = torch.full((len(unique),), len(rows), dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")
+    return first, inverse
+
+
 def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(_base_model(model).forward).parameters
 
@@ -100,15 +155,21 @@ def sample_tokens(
     eos_ids: list[int],
     pad_id: int,
     with_logprobs: bool = True,
+    share_prefill: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample up to ``sampling.max_new_tokens`` tokens after left-padded ``input_ids`` ``[B, P]``.
+
+    With ``share_prefill``, identical prompt rows share one prefill (module docstring; rounding
+    only).
 
     Returns:
         new tokens ``[B, S]`` (S = steps run; rows that finished early hold ``pad_id`` after their
         EOS, as ``generate`` pads them) and, with ``with_logprobs``, log_softmax of the raw logits
         at each sampled token ``[B, S]`` (else None).
     """
-    tokens, logprobs = _sample_loop(model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs)
+    tokens, logprobs = _sample_loop(
+        model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs, share_prefill
+    )
     # Ordinary tensors again: an inference tensor must never reach autograd (e.g. as the embedding
     # indices of a training forward, which are saved for backward).
     return tokens.clone(), None if logprobs is None else logprobs.clone()
@@ -123,6 +184,7 @@ def _sample_loop(
     eos_ids: list[int],
     pad_id: int,
     with_logprobs: bool,
+    share_prefill: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     device, batch = input_ids.device, input_ids.shape[0]
     greedy = sampling.temperature == 0
@@ -136,16 +198,27 @@ def _sample_loop(
         width = attention_mask.shape[1]
         decode_mask = torch.ones((batch, 1, 1, width + sampling.max_new_tokens), dtype=torch.bool, device=device)
         decode_mask[:, 0, 0, :width] = attention_mask.bool()
-    cache = DynamicCache(config=_base_model(model).config)
+    cache = _decode_cache(model, sampling.max_new_tokens)
+
+    def next_logits(inputs, mask, positions):  # [rows, V] logits of the next token
+        return model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                     use_cache=True, return_dict=True, **extra).logits[:, -1]
+
     eos = torch.tensor(sorted(eos_ids), device=device)
     pad = torch.tensor(pad_id, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
+    prompts = distinct_rows(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)) if share_prefill else None
+    if prompts is None:
+        step_logits = next_logits(input_ids, mask, position_ids)
+    else:  # one prefill per distinct prompt, its cache and logits indexed to every row holding it
+        first, row_prompt = prompts
+        step_logits = next_logits(input_ids[first], None if mask is None else mask[first], position_ids[first])
+        step_logits = step_logits[row_prompt]
+        cache.batch_select_indices(row_prompt)
     inputs = input_ids
-    for _ in range(sampling.max_new_tokens):
-        out = model(input_ids=inputs, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                    use_cache=True, return_dict=True, **extra)
-        logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)
+    for step in range(sampling.max_new_tokens):
+        logits = step_logits.to(dtype=torch.float32, copy=True)
         scores = logits
         for warper in warpers:
             scores = warper(inputs, scores)
@@ -158,7 +231,7 @@ def _sample_loop(
         if with_logprobs:
             logprobs.append(torch.log_softmax(logits, dim=-1).gather(-1, next_tokens[:, None]).squeeze(-1))
         unfinished &= ~torch.isin(next_tokens, eos)
-        if not bool(unfinished.any()):
+        if not bool(unfinished.any()) or step == sampling.max_new_tokens - 1:
             break
         inputs = next_tokens[:, None]
         position_ids = position_ids[:, -1:] + 1
@@ -166,6 +239,7 @@ def _sample_loop(
             mask = decode_mask[..., : attention_mask.shape[1] + len(tokens)]
         elif mask is not None:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
+        step_logits = next_logits(inputs, mask, position_ids)
     new_tokens = torch.stack(tokens, dim=1)
     return new_tokens, torch.stack(logprobs, dim=1) if with_logprobs else None
 

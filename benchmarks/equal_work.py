@@ -3,6 +3,7 @@
     python benchmarks/equal_work.py                      # tiny and mid, torch's default threads
     python benchmarks/equal_work.py --threads 1          # robust to other jobs on a 2-core machine
     python benchmarks/equal_work.py --sizes tiny --steps 20
+    python benchmarks/equal_work.py --precision bf16-mixed   # bf16 autocast everywhere (AMX CPUs, GPUs)
 
 Benchmarks 1 and 2 of the performance issue in one run. Each implementation runs in its own
 process (``benchmarks/runners.py``: same saved model, prompts, 2 prompts x 4 completions of <= 64
@@ -64,12 +65,15 @@ class BatonHooks:
         pass
 
 
-def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, conn) -> None:
+def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, bf16: bool, conn) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    import runners
     from runners import RUNNERS
+
+    runners.BF16 = bf16
 
     hooks = BatonHooks(conn)
     try:
@@ -82,13 +86,13 @@ def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, 
         conn.send(("error", f"{type(error).__name__}: {error}", []))
 
 
-def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None) -> dict:
+def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None, bf16: bool) -> dict:
     model_dir(size)  # build the fixture once, before the workers race for it
     ctx = mp.get_context("spawn")
     workers = {}
     for name in names:
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker, args=(name, size, beta, steps, threads, child), daemon=True)
+        process = ctx.Process(target=_worker, args=(name, size, beta, steps, threads, bf16, child), daemon=True)
         process.start()
         workers[name] = (process, parent)
     results, active = {}, []
@@ -143,6 +147,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     parser.add_argument("--no-old-variant", action="store_true", help="skip the bare loop without its old forward")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"],
+                        help="bf16-mixed: bf16 autocast over fp32 weights in every implementation")
     parser.add_argument("--out", default="equal_work")
     args = parser.parse_args()
 
@@ -156,7 +162,7 @@ def main() -> None:
         payload["machine"]["torch_threads"] = args.threads
     started = time.time()
     for size in args.sizes:
-        summary = summarise(run_size(size, names, args.beta, args.steps, args.threads), args.warmup)
+        summary = summarise(run_size(size, names, args.beta, args.steps, args.threads, args.precision == "bf16-mixed"), args.warmup)
         payload["sizes"][size] = summary
         rows = []
         for name, s in summary.items():
@@ -165,13 +171,16 @@ def main() -> None:
                 continue
             rows.append([name, s["s_per_step"], f"{s['q1']:.3f}-{s['q3']:.3f}", f"{s['tokens_per_step']:.0f}",
                          f"{s['tokens_per_s']:.0f}"])
-        print(f"\n## {size} (beta={args.beta}, {args.steps} steps, medians after {args.warmup})\n")
+        print(f"\n## {size} ({args.precision}, beta={args.beta}, {args.steps} steps, medians after {args.warmup})\n")
         print(table(["implementation", "s/step", "IQR", "gen tokens/step", "gen tok/s"], rows))
         ratios = {}
         if "waltzlit" in summary and "error" not in summary["waltzlit"]:
             for other in ("trl", "bare", "bare (no old fwd)"):
                 if other in summary and "error" not in summary[other]:
                     ratios[f"waltzlit / {other}"] = summary["waltzlit"]["s_per_step"] / summary[other]["s_per_step"]
+                    # per generated token: the implementations' completion lengths differ a little
+                    ratios[f"waltzlit / {other} per token"] = (
+                        summary[other]["tokens_per_s"] / summary["waltzlit"]["tokens_per_s"])
             print("\n" + "  ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
             stages = summary["waltzlit"].get("stages", {})
             print("waltzlit stages (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in stages.items()))

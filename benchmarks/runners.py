@@ -23,6 +23,9 @@ import torch
 from common import model_dir, prompts  # benchmarks/common.py (scripts run from benchmarks/ on sys.path)
 
 PROMPTS_PER_STEP, COMPLETIONS, MAX_NEW, LR = 2, 4, 64, 1e-4
+BF16 = False
+"""bf16 autocast with fp32 weights in every runner (waltzlit ``precision: bf16-mixed``, TRL
+``bf16=True``, the bare loop under ``torch.autocast``); set by ``equal_work.py --precision``."""
 
 
 class Hooks:
@@ -92,6 +95,7 @@ def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
     with tempfile.TemporaryDirectory() as logs:
         trainer = Trainer(
             accelerator="cpu", devices=1, max_epochs=-1, logger=TensorBoardLogger(logs, name="bench"),
+            precision="bf16-mixed" if BF16 else "32-true",
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[StepTimer()], default_root_dir=logs,
         )
@@ -127,7 +131,7 @@ def run_trl(size: str, beta: float, steps: int, hooks: Hooks) -> None:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * COMPLETIONS,
                          num_generations=COMPLETIONS, max_completion_length=MAX_NEW, beta=beta, learning_rate=LR,
                          report_to="none", use_cpu=True, logging_steps=1, max_steps=steps, save_strategy="no",
-                         seed=0, dataloader_num_workers=0, disable_tqdm=True, bf16=False,
+                         seed=0, dataloader_num_workers=0, disable_tqdm=True, bf16=BF16,
                          gradient_checkpointing=False)
         trainer = GRPOTrainer(model=str(model_dir(size)), reward_funcs=length_reward, args=cfg,
                               train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()])
@@ -158,40 +162,47 @@ def run_bare(size: str, beta: float, steps: int, hooks: Hooks, old_forward: bool
     texts = prompts()
     for step in range(steps):
         hooks.begin()
-        chats = [[{"role": "user", "content": texts[(step * PROMPTS_PER_STEP + i) % len(texts)]}]
-                 for i in range(PROMPTS_PER_STEP) for _ in range(COMPLETIONS)]
-        enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
-                                      return_tensors="pt")
-        with torch.no_grad():
-            out = policy.generate(**enc, generation_config=gen)
-        width = enc["input_ids"].shape[1]
-        completion = out[:, width:]
-        n = completion.shape[1]
-        is_eos = completion == tok.eos_token_id
-        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(out),), n))
-        mask = (torch.arange(n)[None] <= first[:, None]).float()  # up to and including the first EOS
-        attention = torch.cat([enc["attention_mask"], mask.long()], 1)
-        with torch.no_grad():
-            old = _logps(policy, out, attention, n) if old_forward else None
-            ref_lp = _logps(ref, out, attention, n) if ref is not None else None
-        rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion])
-        grouped = rewards.view(-1, COMPLETIONS)
-        adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
-        policy.train()
-        lp = _logps(policy, out, attention, n)
-        old_lp = old if old is not None else lp.detach()
-        ratio = torch.exp(lp - old_lp)
-        per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
-        if ref_lp is not None:
-            per_token = per_token + beta * (torch.exp(ref_lp - lp) - (ref_lp - lp) - 1)
-        loss = (per_token * mask).sum() / mask.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        policy.eval()
-        hooks.end(int(mask.sum()))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+            tokens = _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward)
+        hooks.end(tokens)
     hooks.finish()
+
+
+def _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward) -> int:
+    """One RL step of the bare loop; returns the generated tokens (EOS included)."""
+    chats = [[{"role": "user", "content": texts[(step * PROMPTS_PER_STEP + i) % len(texts)]}]
+             for i in range(PROMPTS_PER_STEP) for _ in range(COMPLETIONS)]
+    enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
+                                  return_tensors="pt")
+    with torch.no_grad():
+        out = policy.generate(**enc, generation_config=gen)
+    width = enc["input_ids"].shape[1]
+    completion = out[:, width:]
+    n = completion.shape[1]
+    is_eos = completion == tok.eos_token_id
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(out),), n))
+    mask = (torch.arange(n)[None] <= first[:, None]).float()  # up to and including the first EOS
+    attention = torch.cat([enc["attention_mask"], mask.long()], 1)
+    with torch.no_grad():
+        old = _logps(policy, out, attention, n) if old_forward else None
+        ref_lp = _logps(ref, out, attention, n) if ref is not None else None
+    rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion])
+    grouped = rewards.view(-1, COMPLETIONS)
+    adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+    policy.train()
+    lp = _logps(policy, out, attention, n)
+    old_lp = old if old is not None else lp.detach()
+    ratio = torch.exp(lp - old_lp)
+    per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+    if ref_lp is not None:
+        per_token = per_token + beta * (torch.exp(ref_lp - lp) - (ref_lp - lp) - 1)
+    loss = (per_token * mask).sum() / mask.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    policy.eval()
+    return int(mask.sum())
 
 
 RUNNERS = {"waltzlit": run_waltzlit, "trl": run_trl, "bare": run_bare}

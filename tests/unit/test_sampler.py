@@ -142,3 +142,21 @@ def test_preallocated_cache_layer_matches_a_growing_one():
     growing.batch_select_indices(torch.tensor([1, 1, 0]))
     preallocated.batch_select_indices(torch.tensor([1, 1, 0]))
     assert torch.equal(preallocated.keys, growing.keys) and torch.equal(preallocated.values, growing.values)
+
+
+def test_under_autocast_the_loop_runs_without_inference_mode(model_and_tokenizer):
+    # inference_mode would bypass autocast's cache of casted weights (a re-cast per op)
+    model, tokenizer = model_and_tokenizer
+    ids, mask = left_pad(_contexts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    seen: list[bool] = []
+    hook = model.register_forward_hook(lambda m, a, o: seen.append(torch.is_inference_mode_enabled()))
+    try:
+        sample_tokens(model, ids, mask, SamplingConfig(max_new_tokens=3), [2], 0)
+        plain = list(seen)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tokens, logprobs = sample_tokens(model, ids, mask, SamplingConfig(max_new_tokens=3), [2], 0)
+    finally:
+        hook.remove()
+    assert plain and all(plain) and seen and not any(seen)
+    assert not tokens.is_inference() and logprobs.dtype == torch.float32

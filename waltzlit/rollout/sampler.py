@@ -14,7 +14,8 @@ or ``max_new_tokens``. Same inputs and the same random stream therefore give the
 taken in the loop from the raw logits, so no per-step logits are kept.
 
 Savings that change no number: the loop runs under ``torch.inference_mode`` (no autograd
-bookkeeping per op; the outputs are cloned into ordinary tensors); for decoder families whose
+bookkeeping per op; the outputs are cloned into ordinary tensors; under autocast ``no_grad``
+with autocast's cache of casted weights, ``_sampling_mode``); for decoder families whose
 every layer attends causally over the whole sequence with SDPA (``_FULL_ATTENTION``) the decode
 steps get the boolean ``[B, 1, 1, kv]`` padding mask that the model would otherwise rebuild from the
 2-D mask at every step, sliced from one preallocated buffer (mask creation was ~12 % of a tiny
@@ -33,6 +34,7 @@ an encoder-decoder model, or several processes (``generate`` keeps sharded ranks
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -167,15 +169,36 @@ def sample_tokens(
         EOS, as ``generate`` pads them) and, with ``with_logprobs``, log_softmax of the raw logits
         at each sampled token ``[B, S]`` (else None).
     """
-    tokens, logprobs = _sample_loop(
-        model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs, share_prefill
-    )
+    with _sampling_mode(input_ids.device.type):
+        tokens, logprobs = _sample_loop(
+            model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs, share_prefill
+        )
     # Ordinary tensors again: an inference tensor must never reach autograd (e.g. as the embedding
     # indices of a training forward, which are saved for backward).
     return tokens.clone(), None if logprobs is None else logprobs.clone()
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def _sampling_mode(device_type: str):
+    """``inference_mode``; under autocast, ``no_grad`` and autocast with its weight-cast cache on.
+
+    Weights do not change while sampling, so each weight is cast once instead of at every op of
+    every token. Lightning's mixed precision runs with the cache off, and inference_mode bypasses
+    it; either way every decode step re-cast every weight: twice the decode time under bf16
+    autocast on CPU (benchmarks/README.md). The cache is emptied on the way out, before any update.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        with torch.inference_mode():
+            yield
+        return
+    dtype = torch.get_autocast_dtype(device_type)
+    try:
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, cache_enabled=True):
+            yield
+    finally:
+        torch.clear_autocast_cache()
+
+
 def _sample_loop(
     model: nn.Module,
     input_ids: torch.Tensor,

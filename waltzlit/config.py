@@ -94,6 +94,15 @@ class AgentConfig:
     (the samples of one prompt, several feedbacks on one response) once and the responses after it
     through a KV cache: the same values up to rounding, less compute
     (``agents.logprobs.response_logprobs``). False runs every row in full."""
+    shared_prefix_forward: bool = True
+    """Run the tokens that every context of a batch begins with (the system prompt, the fixed
+    opening of each feedback request) once, as one row, in this agent's generation prefill and in
+    its log-prob forwards (old, reference, loss, and their backward); every row reads them through a
+    KV cache. The same values up to rounding (``kv_sharing``). False runs the prefix in every row."""
+    length_buckets: bool = True
+    """Split a log-prob forward's rows into up to four groups of similar length, each padded only
+    to its own longest row, when the padding saved outweighs the extra model call (answers beside
+    revisions that carry the answer and the feedback). The same values up to rounding."""
     fused_adamw: bool = True
     """torch's fused AdamW kernel (one kernel over all parameters, CPU and CUDA) where the
     parameters allow it; sharded (DTensor) parameters and False use the foreach implementation.

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from waltzlit.agents.logprobs import response_logprobs
+from waltzlit.agents.logprobs import NO_SHARING, ForwardSharing, response_logprobs
 from waltzlit.config import SamplingConfig
 from waltzlit.rollout.generation import generate_turns
 from waltzlit.rollout.messages import Message
@@ -35,8 +35,8 @@ class Agent:
         max_prompt_tokens: contexts longer than this keep their last tokens.
         adapter_name: the agent's LoRA adapter when several agents share one base model; it is
             made active before every use of ``model``.
-        share_contexts: run a context repeated across a batch's rows once in the log-prob
-            forwards (``AgentConfig.shared_context_forward``).
+        sharing: the exact savings its log-prob forwards may use (shared contexts, a shared
+            prefix, length buckets; ``agents/logprobs.py``), from ``AgentConfig``.
     """
 
     role: str
@@ -46,7 +46,7 @@ class Agent:
     reference: nn.Module | None
     max_prompt_tokens: int = 4096
     adapter_name: str | None = None
-    share_contexts: bool = True
+    sharing: ForwardSharing = NO_SHARING
 
     @property
     def uses_lora(self) -> bool:
@@ -89,16 +89,16 @@ class Agent:
         with gradient when ``entropy_grad``)."""
         self.activate()
         return response_logprobs(
-            self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, share_contexts=self.share_contexts
+            self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, sharing=self.sharing
         )
 
     @torch.no_grad()
     def reference_logprobs(self, batch: AgentBatch) -> torch.Tensor:
         """log pi_ref of the batch's response tokens, ``[B, T]``."""
         if self.reference is not None:
-            return response_logprobs(self.reference, batch, share_contexts=self.share_contexts)[0]
+            return response_logprobs(self.reference, batch, sharing=self.sharing)[0]
         with self._adapters_disabled():
-            return response_logprobs(self.model, batch, share_contexts=self.share_contexts)[0]
+            return response_logprobs(self.model, batch, sharing=self.sharing)[0]
 
     def _adapters_disabled(self):
         if not self.uses_lora:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.logprobs import ForwardSharing
 from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
 from waltzlit.agents.prompts import default_system_prompt
 from waltzlit.config import AgentConfig
@@ -35,6 +36,13 @@ class BuiltAgents:
     agents: dict[str, Agent]
     policies: nn.ModuleDict
     references: nn.ModuleDict
+
+
+def forward_sharing(cfg: AgentConfig) -> ForwardSharing:
+    """The exact log-prob forward savings an agent's config switches on."""
+    return ForwardSharing(
+        contexts=cfg.shared_context_forward, prefix=cfg.shared_prefix_forward, buckets=cfg.length_buckets
+    )
 
 
 def _system_prompt(cfg: AgentConfig, role: str) -> str:
@@ -88,7 +96,7 @@ def build_agents(
             reference = references[role] = frozen_copy(model)
         policies[role] = model
         agents[role] = Agent(role, model, tokenizer, system_prompt, reference, max_prompt_tokens=max_prompt_tokens,
-                             share_contexts=cfg.shared_context_forward)
+                             sharing=forward_sharing(cfg))
         _log_size(role, agents[role])
     return BuiltAgents(agents, nn.ModuleDict(policies), nn.ModuleDict(references))
 
@@ -108,7 +116,7 @@ def _build_shared(configs: dict[str, AgentConfig], max_prompt_tokens: int) -> Bu
             reference=None,
             max_prompt_tokens=max_prompt_tokens,
             adapter_name=role,
-            share_contexts=configs[role].shared_context_forward,
+            sharing=forward_sharing(configs[role]),
         )
         for role in ROLES
     }

@@ -1,33 +1,61 @@
 """Log-probs of given response tokens under a causal LM, on the batch layout of ``AgentBatch``.
 
-Shared contexts. Rows sampled from the same context (GRPO/RLOO groups, several feedback samples
-per response) repeat that context token for token, and the context is usually a third or more of
-each row. :func:`response_logprobs` then runs every distinct context once, with a KV cache, and
-the responses after it, their attention reading the context's keys and values through the cache,
-which is indexed to one copy per row. This is the same function of the same tokens (causal
-attention over the same keys, the same positions, the same padding mask), and the gradient of the
-copies reaches the one context forward through the indexing, summed over its rows; the results
-equal the single full forward up to floating-point rounding (``tests/unit/test_shared_context.py``).
-It saves ``(B - U) * P`` of the ``B * (P + T)`` token positions of the forward and the backward.
+Three exact savings, each switched per agent in ``AgentConfig`` and used only where it is exact
+(``kv_sharing.shared_kv_supported``) and worth its extra model call (``_MIN_SAVED_FLOPS``):
+
+- **Shared contexts** (``shared_context_forward``): rows sampled from the same context (GRPO/RLOO
+  groups, several feedback samples per response) run that context once; the responses after it
+  read its keys and values through a KV cache indexed to one copy per row.
+- **A shared prefix** (``shared_prefix_forward``): the tokens every row's context begins with (the
+  system prompt and the fixed opening of every feedback request, ~70 % of a feedback context in
+  the SmolLM2 recipe) run once, as one row; every row's remaining tokens then read them through
+  the cache. Saves ``(B - 1) * K`` of the ``B * (P + T)`` positions of the forward and backward.
+- **Length buckets** (``length_buckets``): rows of very different lengths (a first answer beside a
+  revision that carries the answer and the feedback) run in separate forwards, each padded only to
+  its own longest row, when that saves more than a model call costs.
+
+Each is the same function of the same tokens (``kv_sharing``'s docstring: same positions, same
+visible keys); the gradient of the rows' copies of a shared span reaches its one forward through
+the indexing. Results equal the single padded forward up to floating-point rounding
+(``tests/unit/test_shared_context.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from waltzlit.rollout.sampler import distinct_rows
+from waltzlit.kv_sharing import (
+    base_model,
+    cache_kwarg,
+    common_prefix_length,
+    distinct_rows,
+    drop_prefix,
+    shared_kv_supported,
+)
 from waltzlit.types import AgentBatch
 
-_SHARED_CONTEXT_MODELS = frozenset({"llama", "qwen2", "qwen3", "mistral"})
-"""Decoder families whose attention layers read a ``DynamicCache`` exactly as they read their own
-keys and values; with a sliding window the cache would drop context, so those fall back."""
-
 _MIN_SAVED_FLOPS = 2e9
-"""Split only when the context positions it skips are worth more than the extra model call:
-about 2 * parameters * skipped positions multiply-adds. Measured on 2 CPU cores (8 rows, 2 contexts
-of 30 tokens, 64-token responses): a 12 M-parameter Llama (4e9 skipped) goes from 0.45 to 0.38 s
-per forward+backward, a 0.14 M one (6e7) loses 1 ms per call to the second call's overhead."""
+"""Split only when the positions it skips are worth more than the extra model call: about
+2 * parameters * skipped positions multiply-adds. Measured on 2 CPU cores (8 rows, 2 contexts of
+30 tokens, 64-token responses): a 12 M-parameter Llama (4e9 skipped) goes from 0.45 to 0.38 s per
+forward+backward, a 0.14 M one (6e7) loses 1 ms per call to the second call's overhead."""
+
+_MAX_BUCKETS = 4
+
+
+@dataclass(frozen=True)
+class ForwardSharing:
+    """Which exact savings a log-prob forward may use (module docstring)."""
+
+    contexts: bool = False
+    prefix: bool = False
+    buckets: bool = False
+
+
+NO_SHARING = ForwardSharing()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -41,36 +69,39 @@ def response_logprobs(
     batch: AgentBatch,
     with_entropy: bool = False,
     entropy_grad: bool = False,
-    share_contexts: bool = False,
+    sharing: ForwardSharing = NO_SHARING,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_j | x, y_<j) for every response token, ``[B, T]``, and optionally token entropies.
 
     The entropies are detached unless ``entropy_grad`` (an entropy bonus in the loss): their graph
-    holds another ``[B, T, V]`` tensor.
-
-    Only the last ``T + 1`` positions go through the vocabulary projection (``logits_to_keep``):
-    the context's logits are never needed, and the projection dominates memory for large vocabularies.
-
-    With ``share_contexts``, rows with identical contexts run their context once (module docstring)
-    where :func:`shared_context_supported` allows it.
+    holds another ``[B, T, V]`` tensor. Only the response positions go through the vocabulary
+    projection (``logits_to_keep``): the context's logits are never needed, and the projection
+    dominates memory for large vocabularies. ``sharing`` picks the savings of the module docstring.
     """
     width = batch.response_mask.shape[1]
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
-    context_rows = distinct_contexts(input_ids, attention_mask, width) if share_contexts else None
-    if context_rows is not None and _worth_sharing(model, input_ids, width, context_rows[0]):
-        logits = _shared_context_logits(model, input_ids, attention_mask, width, *context_rows)
-    else:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            logits_to_keep=width + 1,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]  # position P-1+j predicts response token j
-    targets = input_ids[:, -width:]
+    buckets = _length_buckets(model, attention_mask, width) if sharing.buckets else None
+    if buckets is None:
+        logits = _response_logits(model, input_ids, attention_mask, width, sharing)
+        return _token_statistics(logits, input_ids[:, -width:], with_entropy, entropy_grad)
+    token_logprobs = torch.zeros(input_ids.shape[0], width, device=device)
+    entropy = torch.zeros(input_ids.shape[0], width, device=device) if with_entropy else None
+    context_width = input_ids.shape[1] - width
+    for rows, start, bucket_width in buckets:  # each bucket cut to its own padding
+        ids = input_ids[rows, start : context_width + bucket_width]
+        logits = _response_logits(model, ids, attention_mask[rows, start : context_width + bucket_width],
+                                  bucket_width, sharing)
+        values, bucket_entropy = _token_statistics(logits, ids[:, -bucket_width:], with_entropy, entropy_grad)
+        token_logprobs = token_logprobs.index_put((rows[:, None], torch.arange(bucket_width, device=device)), values)
+        if entropy is not None:
+            entropy = entropy.index_put((rows[:, None], torch.arange(bucket_width, device=device)), bucket_entropy)
+    return token_logprobs, entropy
+
+
+def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool, entropy_grad: bool):
+    """(log-prob of each target ``[B, T]``, entropy ``[B, T]`` or None) from logits ``[B, T, V]``."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -89,68 +120,115 @@ def distinct_contexts(
     return distinct_rows(torch.cat([input_ids[:, :-width], attention_mask[:, :-width].to(input_ids.dtype)], dim=1))
 
 
-def _worth_sharing(model: nn.Module, input_ids: torch.Tensor, width: int, first_rows: torch.Tensor) -> bool:
-    skipped = (input_ids.shape[0] - len(first_rows)) * (input_ids.shape[1] - width)
-    parameters = sum(p.numel() for p in model.parameters())
-    return 2 * parameters * skipped >= _MIN_SAVED_FLOPS and shared_context_supported(model)
-
-
 def shared_context_supported(model: nn.Module) -> bool:
-    """Whether the context/response split runs here exactly as the full forward would.
+    """Whether the context/response split runs here exactly as the full forward would
+    (``kv_sharing.shared_kv_supported``)."""
+    return shared_kv_supported(model)
 
-    Not for: families outside ``_SHARED_CONTEXT_MODELS`` or with sliding-window layers; a model
-    training under gradient checkpointing (the checkpointed layers drop the cache); sharded
-    (DTensor) parameters, where a rank's number of forward calls must not depend on its data.
+
+def _worth(model: nn.Module, skipped_positions: int) -> bool:
+    """Whether skipping this many positions pays for one more model call (``_MIN_SAVED_FLOPS``)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    return 2 * parameters * skipped_positions >= _MIN_SAVED_FLOPS
+
+
+def _length_buckets(
+    model: nn.Module, attention_mask: torch.Tensor, width: int
+) -> list[tuple[torch.Tensor, int, int]] | None:
+    """Rows split into groups of similar length, or None when one padded forward is as good.
+
+    Returns ``(rows [b], first context column, response width)`` per bucket: each bucket is cut to
+    the widest context and the longest response among its own rows. Rows are ordered by length
+    and split greedily where the split saves the most padded positions, while a split saves more
+    than a model call costs (``_worth``) and there are fewer than ``_MAX_BUCKETS`` buckets.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    if config is None or getattr(config, "model_type", None) not in _SHARED_CONTEXT_MODELS:
-        return False
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
-    if any(kind != "full_attention" for kind in layer_types) or getattr(config, "use_sliding_window", False):
-        return False
-    if base.training and torch.is_grad_enabled() and getattr(base, "is_gradient_checkpointing", False):
-        return False
-    return not any(type(p).__name__ == "DTensor" for p in base.parameters())
+    if attention_mask.shape[0] < 2:
+        return None
+    context_width = attention_mask.shape[1] - width
+    contexts = attention_mask[:, :context_width].sum(1)  # [B] real context tokens
+    responses = attention_mask[:, context_width:].sum(1)  # [B] real response tokens (right-padded)
+    order = torch.argsort(contexts + responses, stable=True)
+    contexts, responses = contexts[order].tolist(), responses[order].tolist()
+
+    def cost(lo: int, hi: int) -> int:  # padded positions of rows order[lo:hi] in one forward
+        return (hi - lo) * (max(contexts[lo:hi]) + max(responses[lo:hi]))
+
+    spans = [(0, len(order))]
+    while len(spans) < _MAX_BUCKETS:
+        best = None  # (saving, span index, split point)
+        for index, (lo, hi) in enumerate(spans):
+            for cut in range(lo + 1, hi):
+                saving = cost(lo, hi) - cost(lo, cut) - cost(cut, hi)
+                if best is None or saving > best[0]:
+                    best = (saving, index, cut)
+        if best is None or best[0] <= 0 or not _worth(model, best[0]):
+            break
+        _, index, cut = best
+        lo, hi = spans.pop(index)
+        spans[index:index] = [(lo, cut), (cut, hi)]
+    if len(spans) == 1:
+        return None
+    return [
+        (order[lo:hi], context_width - max(contexts[lo:hi]), max(max(responses[lo:hi]), 1))
+        for lo, hi in spans
+    ]
 
 
-def _shared_context_logits(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    width: int,
-    first_rows: torch.Tensor,
-    row_context: torch.Tensor,
+def _response_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, sharing: ForwardSharing
 ) -> torch.Tensor:
-    """Logits predicting each response token ``[B, T, V]``, contexts run once.
+    """Logits predicting each response token, ``[B, T, V]``, from rows ``[pad.. context][response ..pad]``
+    ``[B, P + T]``: one padded forward, or the shared prefix once, then each distinct context
+    once, then the responses, each call reading the previous ones through one KV cache."""
+    rows, context_width = input_ids.shape[0], input_ids.shape[1] - width
+    positions = position_ids_from_mask(attention_mask)
+    supported = (sharing.prefix or sharing.contexts) and shared_kv_supported(model)
+    prefix = common_prefix_length(input_ids, attention_mask, context_width) if supported and sharing.prefix else 0
+    groups = distinct_contexts(input_ids, attention_mask, width) if supported and sharing.contexts else None
+    if prefix and not _worth(model, (rows - 1) * prefix):
+        prefix = 0
+    if groups is not None and not _worth(model, (rows - len(groups[0])) * (context_width - prefix)):
+        groups = None
+    if not prefix and groups is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    logits_to_keep=width + 1, use_cache=False)
+        return out.logits[:, :-1]  # position P-1+j predicts response token j
 
-    Args:
-        input_ids, attention_mask: ``[B, P + T]`` rows ``[pad.. context][response ..pad]``.
-        first_rows: ``[U]`` one row holding each distinct context.
-        row_context: ``[B]`` index into ``first_rows`` of each row's context.
-    """
     from transformers import DynamicCache
 
-    context_width = input_ids.shape[1] - width
-    positions = position_ids_from_mask(attention_mask)
-    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-    cache = DynamicCache(config=config)
+    cache = DynamicCache(config=base_model(model).config)
+    step = {cache_kwarg(model): cache, "use_cache": True}
+    if prefix:
+        start = int((attention_mask[0].cumsum(0) == 0).sum())  # row 0's left padding
+        model(input_ids=input_ids[:1, start : start + prefix], position_ids=positions[:1, start : start + prefix],
+              logits_to_keep=1, **step)
+        attention_mask, input_ids, positions = drop_prefix(attention_mask, prefix, input_ids, positions)
+        context_width -= prefix
+        # the prefix's keys are visible to every row: ones before each row's own mask
+        attention_mask = torch.cat([attention_mask.new_ones(rows, prefix), attention_mask], dim=1)
+    if groups is None:
+        if prefix:
+            cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=input_ids.device))
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    logits_to_keep=width + 1, **step)
+        return out.logits[:, :-1]
+    first, row_context = groups
+    if prefix:
+        cache.batch_select_indices(torch.zeros(len(first), dtype=torch.long, device=input_ids.device))
     context = model(
-        input_ids=input_ids[first_rows, :context_width],
-        attention_mask=attention_mask[first_rows, :context_width],
-        position_ids=positions[first_rows, :context_width],
-        past_key_values=cache,
-        use_cache=True,
+        input_ids=input_ids[first, :context_width],
+        attention_mask=attention_mask[first, : attention_mask.shape[1] - width],
+        position_ids=positions[first, :context_width],
         logits_to_keep=1,
+        **step,
     )
     cache.batch_select_indices(row_context)  # one copy of its context's keys/values per row
     response = model(
         input_ids=input_ids[:, context_width:],
         attention_mask=attention_mask,
         position_ids=positions[:, context_width:],
-        past_key_values=cache,
-        use_cache=True,
         logits_to_keep=width,
+        **step,
     )
     # The context's last position predicts response token 0; response position j predicts j + 1.
     return torch.cat([context.logits[row_context], response.logits[:, :-1]], dim=1)

@@ -128,6 +128,37 @@ def test_repeated_prompts_share_one_prefill_and_sample_the_same(model_and_tokeni
     assert not torch.equal(full[0][0], full[0][1])  # the samples of one prompt differ
 
 
+@pytest.mark.parametrize("setting", ["greedy", "T, top-k, top-p", "early stops"])
+def test_common_prefix_prefilled_once_samples_the_same(model_and_tokenizer, monkeypatch, setting):
+    from waltzlit import kv_sharing
+
+    monkeypatch.setattr(kv_sharing, "MIN_SAVED_FLOPS", 0.0)  # share whatever the saving (tiny model)
+    model, tokenizer = model_and_tokenizer
+    sampling, eos = SETTINGS[setting]
+    system = "You judge answers. Output JSON with two flags and short feedback for the assistant."
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in [*PROMPTS, PROMPTS[1]]]
+    contexts = [torch.tensor(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=False)) for c in chats]
+    ids, mask = left_pad(contexts, tokenizer.pad_token_id)  # 5 rows, 4 lengths, rows 1 and 4 equal
+    rows: list[int] = []
+    hook = model.register_forward_hook(lambda m, args, kwargs, out: rows.append(kwargs["input_ids"].shape),
+                                       with_kwargs=True)
+    try:
+        torch.manual_seed(11)
+        full = sample_tokens(model, ids, mask, sampling, eos, 0, share_prefill=False)
+        rows.clear()
+        torch.manual_seed(11)
+        shared = sample_tokens(model, ids, mask, sampling, eos, 0, share_prefix=True)
+    finally:
+        hook.remove()
+    prefix = kv_sharing.common_prefix_length(ids, mask, ids.shape[1])
+    assert prefix > 15  # the system turn and the user turn's opening
+    # the prefix once as one row, then the 4 distinct remainders, then all 5 rows decode
+    assert rows[0] == (1, prefix) and rows[1] == (4, ids.shape[1] - prefix) and rows[2] == (5, 1)
+    assert torch.equal(shared[0], full[0])
+    torch.testing.assert_close(shared[1], full[1], rtol=1e-5, atol=1e-5)
+
+
 def test_preallocated_cache_layer_matches_a_growing_one():
     from transformers.cache_utils import DynamicLayer
 

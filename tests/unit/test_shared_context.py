@@ -51,7 +51,7 @@ def _batch() -> AgentBatch:
 @pytest.fixture
 def always_share(monkeypatch):
     """Share whatever the saving (tiny models are below the cost threshold)."""
-    monkeypatch.setattr(lp, "_MIN_SAVED_FLOPS", 0.0)
+    monkeypatch.setattr(kv_sharing, "MIN_SAVED_FLOPS", 0.0)
 
 
 def _forward_calls(model) -> list[int]:

@@ -152,3 +152,31 @@ def test_critic_micro_batches_of_one_match_one_batch_of_eight():
 def test_gae_without_a_critic_is_refused():
     with pytest.raises(ValueError, match="needs a critic"):
         prepare_batch(BigramAgent(), toy_batch(), AlgorithmConfig(advantage_estimator="gae"))
+
+
+def test_kl_in_the_reward_with_one_micro_batch_reads_pi_old_off_the_update_forward(monkeypatch):
+    # REINFORCE++ with k1 folded into the reward needs pi_old before the advantages. With the whole
+    # batch in one micro-batch, the loss forward (weights not yet stepped) is pi_old: the update
+    # then estimates the advantages from it and takes the same step as with a separate pi_old forward.
+    from waltzlit.training import update
+
+    algo = AlgorithmConfig(kl_coef=0.1, kl_placement="reward", kl_estimator="k1", micro_batch_size=8)
+    agent = BigramAgent()
+    monkeypatch.setattr(update, "_dropout_free", lambda agent: True)  # the bigram table has no dropout
+    calls = []
+    original = agent.policy_logprobs
+    agent.policy_logprobs = lambda *a, **k: calls.append(1) or original(*a, **k)
+    prepared, advantages, _ = prepare_batch(agent, toy_batch(rows=8), algo)
+    assert advantages is None and prepared.old_logprobs is None and not calls  # deferred: no pi_old forward
+    deferred = _gradients(agent, toy_batch(rows=8), algo, micro_batch_size=8, max_response_tokens=6)
+    assert len(calls) == 1  # one forward in all: the loss's
+    original_rule = update.old_logprobs_from_update
+    monkeypatch.setattr(update, "old_logprobs_from_update", lambda *args, **kwargs: False)
+    separate = _gradients(agent, toy_batch(rows=8), algo, micro_batch_size=8, max_response_tokens=6)
+    assert len(calls) == 3  # pi_old's own forward, then the loss's
+    assert separate.abs().sum() > 0
+    torch.testing.assert_close(deferred, separate, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(update, "old_logprobs_from_update", original_rule)
+    # two micro-batches: the advantages cannot wait for a forward that covers half the batch
+    algo = dataclasses.replace(algo, micro_batch_size=4)
+    assert prepare_batch(agent, toy_batch(rows=8), algo)[1] is not None

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from waltzlit.agents.logprobs import NO_SHARING, ForwardSharing, response_logprobs
+from waltzlit.agents.merged_sampler import MergedSampler
 from waltzlit.config import SamplingConfig
 from waltzlit.rollout.generation import generate_turns
 from waltzlit.rollout.messages import Message
@@ -37,6 +38,9 @@ class Agent:
             made active before every use of ``model``.
         sharing: the exact savings its log-prob forwards may use (shared contexts, a shared
             prefix, length buckets; ``agents/logprobs.py``), from ``AgentConfig``.
+        sampler: a copy of a LoRA policy with the adapter merged, which samples in its place
+            (``AgentConfig.merged_lora_sampler``, ``agents/merged_sampler.py``); None samples from
+            ``model``.
     """
 
     role: str
@@ -47,6 +51,7 @@ class Agent:
     max_prompt_tokens: int = 4096
     adapter_name: str | None = None
     sharing: ForwardSharing = NO_SHARING
+    sampler: MergedSampler | None = None
 
     @property
     def uses_lora(self) -> bool:
@@ -82,7 +87,9 @@ class Agent:
     ) -> list[Generation]:
         """Sample one turn per context, in micro-batches of ``batch_size``."""
         self.activate()
-        return generate_turns(self.model, self.tokenizer, contexts, sampling, batch_size, with_logprobs)
+        model = self.sampler.current() if self.sampler is not None else self.model
+        return generate_turns(model, self.tokenizer, contexts, sampling, batch_size, with_logprobs,
+                              share_prefix=self.sharing.prefix)
 
     def policy_logprobs(self, batch: AgentBatch, with_entropy: bool = False, entropy_grad: bool = False):
         """log pi_theta of the batch's response tokens ``[B, T]`` (and token entropies ``[B, T]``,

@@ -18,6 +18,7 @@ from torch import nn
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.logprobs import ForwardSharing
+from waltzlit.agents.merged_sampler import MergedSampler
 from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
 from waltzlit.agents.prompts import default_system_prompt
 from waltzlit.config import AgentConfig
@@ -43,6 +44,19 @@ def forward_sharing(cfg: AgentConfig) -> ForwardSharing:
     return ForwardSharing(
         contexts=cfg.shared_context_forward, prefix=cfg.shared_prefix_forward, buckets=cfg.length_buckets
     )
+
+
+def merged_sampler(cfg: AgentConfig, role: str, model: nn.Module, adapter_name: str) -> MergedSampler | None:
+    """The agent's merged sampling copy when ``merged_lora_sampler`` asks for one; a config it
+    cannot serve is an error naming the key."""
+    if not cfg.merged_lora_sampler:
+        return None
+    reason = MergedSampler.supported(model, adapter_name) if cfg.lora is not None else "lora is null"
+    if reason is None and cfg.load_in_4bit:
+        reason = "the base is 4-bit"
+    if reason is not None:
+        raise ValueError(f"model.{role}.merged_lora_sampler: needs a LoRA policy on plain Linear layers; {reason}")
+    return MergedSampler(model, adapter_name)
 
 
 def _system_prompt(cfg: AgentConfig, role: str) -> str:
@@ -96,7 +110,7 @@ def build_agents(
             reference = references[role] = frozen_copy(model)
         policies[role] = model
         agents[role] = Agent(role, model, tokenizer, system_prompt, reference, max_prompt_tokens=max_prompt_tokens,
-                             sharing=forward_sharing(cfg))
+                             sharing=forward_sharing(cfg), sampler=merged_sampler(cfg, role, model, "default"))
         _log_size(role, agents[role])
     return BuiltAgents(agents, nn.ModuleDict(policies), nn.ModuleDict(references))
 
@@ -117,6 +131,7 @@ def _build_shared(configs: dict[str, AgentConfig], max_prompt_tokens: int) -> Bu
             max_prompt_tokens=max_prompt_tokens,
             adapter_name=role,
             sharing=forward_sharing(configs[role]),
+            sampler=merged_sampler(configs[role], role, model, role),
         )
         for role in ROLES
     }

@@ -1,7 +1,7 @@
 """Log-probs of given response tokens under a causal LM, on the batch layout of ``AgentBatch``.
 
 Three exact savings, each switched per agent in ``AgentConfig`` and used only where it is exact
-(``kv_sharing.shared_kv_supported``) and worth its extra model call (``_MIN_SAVED_FLOPS``):
+(``kv_sharing.shared_kv_supported``) and worth its extra model call (``kv_sharing.worth_splitting``):
 
 - **Shared contexts** (``shared_context_forward``): rows sampled from the same context (GRPO/RLOO
   groups, several feedback samples per response) run that context once; the responses after it
@@ -34,14 +34,9 @@ from waltzlit.kv_sharing import (
     distinct_rows,
     drop_prefix,
     shared_kv_supported,
+    worth_splitting,
 )
 from waltzlit.types import AgentBatch
-
-_MIN_SAVED_FLOPS = 2e9
-"""Split only when the positions it skips are worth more than the extra model call: about
-2 * parameters * skipped positions multiply-adds. Measured on 2 CPU cores (8 rows, 2 contexts of
-30 tokens, 64-token responses): a 12 M-parameter Llama (4e9 skipped) goes from 0.45 to 0.38 s per
-forward+backward, a 0.14 M one (6e7) loses 1 ms per call to the second call's overhead."""
 
 _MAX_BUCKETS = 4
 
@@ -126,12 +121,6 @@ def shared_context_supported(model: nn.Module) -> bool:
     return shared_kv_supported(model)
 
 
-def _worth(model: nn.Module, skipped_positions: int) -> bool:
-    """Whether skipping this many positions pays for one more model call (``_MIN_SAVED_FLOPS``)."""
-    parameters = sum(p.numel() for p in model.parameters())
-    return 2 * parameters * skipped_positions >= _MIN_SAVED_FLOPS
-
-
 def _length_buckets(
     model: nn.Module, attention_mask: torch.Tensor, width: int
 ) -> list[tuple[torch.Tensor, int, int]] | None:
@@ -140,7 +129,7 @@ def _length_buckets(
     Returns ``(rows [b], first context column, response width)`` per bucket: each bucket is cut to
     the widest context and the longest response among its own rows. Rows are ordered by length
     and split greedily where the split saves the most padded positions, while a split saves more
-    than a model call costs (``_worth``) and there are fewer than ``_MAX_BUCKETS`` buckets.
+    than a model call costs (``kv_sharing.worth_splitting``) and there are fewer than ``_MAX_BUCKETS`` buckets.
     """
     if attention_mask.shape[0] < 2:
         return None
@@ -161,7 +150,7 @@ def _length_buckets(
                 saving = cost(lo, hi) - cost(lo, cut) - cost(cut, hi)
                 if best is None or saving > best[0]:
                     best = (saving, index, cut)
-        if best is None or best[0] <= 0 or not _worth(model, best[0]):
+        if best is None or not worth_splitting(model, best[0]):
             break
         _, index, cut = best
         lo, hi = spans.pop(index)
@@ -185,9 +174,9 @@ def _response_logits(
     supported = (sharing.prefix or sharing.contexts) and shared_kv_supported(model)
     prefix = common_prefix_length(input_ids, attention_mask, context_width) if supported and sharing.prefix else 0
     groups = distinct_contexts(input_ids, attention_mask, width) if supported and sharing.contexts else None
-    if prefix and not _worth(model, (rows - 1) * prefix):
+    if prefix and not worth_splitting(model, (rows - 1) * prefix):
         prefix = 0
-    if groups is not None and not _worth(model, (rows - len(groups[0])) * (context_width - prefix)):
+    if groups is not None and not worth_splitting(model, (rows - len(groups[0])) * (context_width - prefix)):
         groups = None
     if not prefix and groups is None:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,

@@ -47,6 +47,7 @@ def generate_turns(
     sampling: SamplingConfig,
     batch_size: int,
     with_logprobs: bool = True,
+    share_prefix: bool = False,
 ) -> list[Generation]:
     """Sample one response per context (token ids ``[P_i]``), ``batch_size`` contexts per call.
 
@@ -54,7 +55,8 @@ def generate_turns(
     of the untempered policy, log_softmax of the raw logits, which is the pi of the RL objective;
     ``with_logprobs=False`` skips them (``generate`` then keeps no per-step logits in memory).
     Sampling runs in the lean loop of ``rollout/sampler.py`` (the same tokens as ``generate``, with
-    less per-token overhead) wherever that loop is exact, else in ``model.generate``.
+    less per-token overhead) wherever that loop is exact, else in ``model.generate``;
+    ``share_prefix`` pre-fills the tokens every context of a call begins with once (that loop only).
     """
     results: list[Generation] = []
     device = next(model.parameters()).device
@@ -74,7 +76,8 @@ def generate_turns(
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         if lean:
             new_tokens, token_logprobs = sample_tokens(
-                model, ids.to(device), mask.to(device), sampling, sorted(eos_ids), tokenizer.pad_token_id, with_logprobs
+                model, ids.to(device), mask.to(device), sampling, sorted(eos_ids), tokenizer.pad_token_id, with_logprobs,
+                share_prefix=share_prefix,
             )
         else:
             out = model.generate(

@@ -23,9 +23,12 @@ model's decode step); and the KV cache is written into buffers allocated once fo
 ``max_new_tokens`` (``_PreallocatedLayer``) instead of being re-concatenated at every step, which
 copies the whole cache of every layer per token.
 
-One saving that changes rounding only: rows with the same prompt (the samples of a group) share
-one prefill, whose keys and values are then indexed to one copy per row (``share_prefill``); the
-prefill's matrix products then run on fewer rows, so its last bits may differ from ``generate``'s.
+Two savings that change rounding only (``waltzlit/kv_sharing.py``): rows with the same prompt (the
+samples of a group) share one prefill, whose keys and values are then indexed to one copy per row
+(``share_prefill``); and the tokens that every prompt of the batch begins with (a system prompt,
+the fixed opening of each feedback request) are pre-filled once, as one row, before the rest of
+each prompt (``share_prefix``). The prefill's matrix products then run on fewer rows, so its last
+bits may differ from ``generate``'s.
 
 Anything outside that path falls back to ``generate`` (:func:`lean_sampling_supported`): a
 generation config asking for another logits processor (repetition penalty, min_p, bad words, ...),
@@ -44,6 +47,15 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from waltzlit.config import SamplingConfig
+from waltzlit.kv_sharing import (
+    base_model as _base_model,
+    cache_kwarg,
+    common_prefix_length,
+    distinct_rows,
+    drop_prefix,
+    shared_kv_supported,
+    worth_splitting,
+)
 
 _PLAIN_GENERATION_KEYS = frozenset({
     "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "do_sample", "temperature", "top_p",
@@ -51,11 +63,6 @@ _PLAIN_GENERATION_KEYS = frozenset({
     "return_dict_in_generate", "output_logits", "output_scores", "transformers_version", "_from_model_config",
 })
 """Generation-config keys that do not add logits processors or change the decoding loop."""
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under a peft wrapper (whose ``forward`` signature is ``**kwargs``)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def lean_sampling_supported(model: nn.Module, world_size: int = 1) -> bool:
@@ -134,17 +141,6 @@ def _decode_cache(model: nn.Module, capacity: int) -> DynamicCache:
     return cache
 
 
-def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(the first row holding each distinct value of ``rows`` ``[U]``, each row's index into it
-    ``[B]``) for a 2-D ``rows`` ``[B, W]``; None when every row is distinct (nothing to share)."""
-    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    if len(unique) == len(rows):
-        return None
-    first = torch.full((len(unique),), len(rows), dtype=torch.long, device=rows.device)
-    first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")
-    return first, inverse
-
-
 def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(_base_model(model).forward).parameters
 
@@ -158,11 +154,12 @@ def sample_tokens(
     pad_id: int,
     with_logprobs: bool = True,
     share_prefill: bool = True,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample up to ``sampling.max_new_tokens`` tokens after left-padded ``input_ids`` ``[B, P]``.
 
-    With ``share_prefill``, identical prompt rows share one prefill (module docstring; rounding
-    only).
+    With ``share_prefill``, identical prompt rows share one prefill; with ``share_prefix``, the
+    tokens all prompts begin with are pre-filled once (module docstring; rounding only).
 
     Returns:
         new tokens ``[B, S]`` (S = steps run; rows that finished early hold ``pad_id`` after their
@@ -171,7 +168,7 @@ def sample_tokens(
     """
     with _sampling_mode(input_ids.device.type):
         tokens, logprobs = _sample_loop(
-            model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs, share_prefill
+            model, input_ids, attention_mask, sampling, eos_ids, pad_id, with_logprobs, share_prefill, share_prefix
         )
     # Ordinary tensors again: an inference tensor must never reach autograd (e.g. as the embedding
     # indices of a training forward, which are saved for backward).
@@ -208,24 +205,37 @@ def _sample_loop(
     pad_id: int,
     with_logprobs: bool,
     share_prefill: bool,
+    share_prefix: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     device, batch = input_ids.device, input_ids.shape[0]
     greedy = sampling.temperature == 0
     warpers = [] if greedy else _warpers(sampling)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
-    # generate drops an all-ones mask (no padding) so that attention needs none; so does this loop.
-    mask = None if bool(attention_mask.all()) else attention_mask
-    decode_mask = None  # [B, 1, 1, P + max_new_tokens]: the prompt's padding, every new token visible
-    if mask is not None and _prepared_decode_mask(model):
-        width = attention_mask.shape[1]
-        decode_mask = torch.ones((batch, 1, 1, width + sampling.max_new_tokens), dtype=torch.bool, device=device)
-        decode_mask[:, 0, 0, :width] = attention_mask.bool()
-    cache = _decode_cache(model, sampling.max_new_tokens)
+    prefix = common_prefix_length(input_ids, attention_mask, input_ids.shape[1]) if share_prefix else 0
+    if prefix and not (shared_kv_supported(model) and worth_splitting(model, (batch - 1) * prefix)):
+        prefix = 0
+    # The cache's first update is the prefix (or the whole prompt); it then grows by the rest.
+    cache = _decode_cache(model, input_ids.shape[1] - prefix + sampling.max_new_tokens if prefix else
+                          sampling.max_new_tokens)
+    model_kwargs = {cache_kwarg(model): cache, "use_cache": True, "return_dict": True, **extra}
 
     def next_logits(inputs, mask, positions):  # [rows, V] logits of the next token
-        return model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                     use_cache=True, return_dict=True, **extra).logits[:, -1]
+        return model(input_ids=inputs, attention_mask=mask, position_ids=positions, **model_kwargs).logits[:, -1]
+
+    if prefix:  # the common prefix once (one row, no padding), its cache then copied to every row
+        start = int((attention_mask[0].cumsum(0) == 0).sum())
+        next_logits(input_ids[:1, start : start + prefix], None, position_ids[:1, start : start + prefix])
+        attention_mask, input_ids, position_ids = drop_prefix(attention_mask, prefix, input_ids, position_ids)
+    # generate drops an all-ones mask (no padding) so that attention needs none; so does this loop.
+    # With a prefix in the cache, the mask covers it (ones) and then each row's own padding.
+    full_mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], 1) if prefix else attention_mask
+    mask = None if bool(full_mask.all()) else full_mask
+    decode_mask = None  # [B, 1, 1, P + max_new_tokens]: the prompt's padding, every new token visible
+    if mask is not None and _prepared_decode_mask(model):
+        width = full_mask.shape[1]
+        decode_mask = torch.ones((batch, 1, 1, width + sampling.max_new_tokens), dtype=torch.bool, device=device)
+        decode_mask[:, 0, 0, :width] = full_mask.bool()
 
     eos = torch.tensor(sorted(eos_ids), device=device)
     pad = torch.tensor(pad_id, device=device)
@@ -233,9 +243,13 @@ def _sample_loop(
     tokens, logprobs = [], []
     prompts = distinct_rows(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1)) if share_prefill else None
     if prompts is None:
+        if prefix:
+            cache.batch_select_indices(torch.zeros(batch, dtype=torch.long, device=device))
         step_logits = next_logits(input_ids, mask, position_ids)
     else:  # one prefill per distinct prompt, its cache and logits indexed to every row holding it
         first, row_prompt = prompts
+        if prefix:
+            cache.batch_select_indices(torch.zeros(len(first), dtype=torch.long, device=device))
         step_logits = next_logits(input_ids[first], None if mask is None else mask[first], position_ids[first])
         step_logits = step_logits[row_prompt]
         cache.batch_select_indices(row_prompt)
@@ -259,7 +273,7 @@ def _sample_loop(
         inputs = next_tokens[:, None]
         position_ids = position_ids[:, -1:] + 1
         if decode_mask is not None:
-            mask = decode_mask[..., : attention_mask.shape[1] + len(tokens)]
+            mask = decode_mask[..., : full_mask.shape[1] + len(tokens)]
         elif mask is not None:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
         step_logits = next_logits(inputs, mask, position_ids)

@@ -146,6 +146,10 @@ class WaltzModule(LightningModule):
             from waltzlit.training.sharding import shard_agent_models
 
             shard_agent_models([*self.policies.values(), *self.references.values()], self.device_mesh["data_parallel"])
+            for agent in self.agents.values():
+                if agent.sampler is not None:  # a full copy per rank; sharded ranks sample together
+                    log.warning("%s agent: merged_lora_sampler is not used under sharding", agent.role)
+                    agent.sampler = None
             for critic in self.critics.values():
                 shard_critic(critic, self.device_mesh["data_parallel"])
 
@@ -164,6 +168,8 @@ class WaltzModule(LightningModule):
             cfg = self.agent_configs[role]
             params = self.agents[role].trainable_parameters()
             optimizers.append(adamw(params, cfg, cfg.lr))
+            if self.agents[role].sampler is not None:  # its merged copy is rewritten after each step
+                self.agents[role].sampler.watch(optimizers[-1])
         for role, critic in self.critics.items():
             cfg, lr = self.agent_configs[role], self.algorithm.for_agent(role).critic_lr
             optimizers.append(adamw(critic.trainable_parameters(), cfg, lr))
@@ -338,6 +344,9 @@ class WaltzModule(LightningModule):
         if state is None:
             raise ValueError("checkpoint has no 'waltzlit' state: it was not written by WaltzModule")
         self.rl_step = int(state["rl_step"])
+        for agent in self.agents.values():
+            if agent.sampler is not None:  # the loaded weights reach the merged copy before sampling
+                agent.sampler.mark_stale()
         torch.set_rng_state(state["torch_rng_state"])
         if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_state"])

@@ -78,12 +78,20 @@ def prepare_batch(
         raise ValueError(f"advantage_estimator {algo.advantage_estimator!r} needs a critic")
     if critic is not None:
         batch.old_values = _in_micro_batches(batch, algo.micro_batch_size, critic.values)
+    if batch.old_logprobs is None and _kl_in_reward(algo):
+        return batch, None, kl  # the advantages wait for pi_old from the update's forward
+    return batch, estimate_advantages(batch, algo, kl), kl
+
+
+def estimate_advantages(batch: AgentBatch, algo: AlgorithmConfig, kl: torch.Tensor) -> torch.Tensor:
+    """The advantage estimator on the batch's rewards and per-token KL ``[B, T]``; with a critic,
+    also fills ``batch.returns``. Returns the advantages ``[B, T]``."""
     estimator = ADVANTAGE_ESTIMATORS[algo.advantage_estimator]
     out = estimator(
         AdvantageInputs(
             rewards=batch.rewards,
             kl=kl,
-            response_mask=mask,
+            response_mask=batch.response_mask,
             kl_coef=algo.kl_coef if algo.kl_placement == "reward" else 0.0,
             group_ids=batch.group_ids,
             values=batch.old_values,
@@ -91,9 +99,13 @@ def prepare_batch(
             lam=algo.gae_lambda,
         )
     )
-    if critic is not None:
+    if batch.old_values is not None:
         batch.returns = out.returns
-    return batch, out.advantages, kl
+    return out.advantages
+
+
+def _kl_in_reward(algo: AlgorithmConfig) -> bool:
+    return algo.kl_coef > 0 and algo.kl_placement == "reward"
 
 
 def old_logprobs_from_update(agent: Agent, batch_size: int, algo: AlgorithmConfig, critic=None) -> bool:
@@ -101,15 +113,18 @@ def old_logprobs_from_update(agent: Agent, batch_size: int, algo: AlgorithmConfi
 
     With a single optimizer step over the whole batch (one epoch, one mini-batch) every row's loss
     forward runs before any weight changes, so its detached log-probs *are* pi_old, and the ratio
-    is exactly 1 (TRL does the same at ``num_iterations=1``). Not when the advantages need pi_old
-    before the update (KL in the reward, a critic), when the loss forward could differ from the
-    eval-mode pi_old (dropout), or when ``recompute_old_logprobs: false`` asks for the generation
-    log-probs.
+    is exactly 1 (TRL does the same at ``num_iterations=1``). With the KL in the reward, only when
+    one micro-batch holds the whole batch: its forward runs first, the advantages are estimated
+    from it, then the loss is taken (:func:`policy_update` with ``advantages=None``). Not with a
+    critic, when the loss forward could differ from the eval-mode pi_old (dropout), or when
+    ``recompute_old_logprobs: false`` asks for the generation log-probs.
     """
     single_step = algo.update_epochs == 1 and (algo.mini_batch_size is None or algo.mini_batch_size >= batch_size)
-    kl_free_advantages = algo.kl_coef == 0 or algo.kl_placement == "loss"
+    # With the KL in the reward the advantages need pi_old first: then the whole batch must be one
+    # micro-batch, whose forward gives pi_old, then the advantages, then the loss and its backward.
+    advantages_can_wait = not _kl_in_reward(algo) or algo.micro_batch_size >= batch_size
     no_critic = critic is None and not algo.uses_critic
-    return algo.recompute_old_logprobs and single_step and kl_free_advantages and no_critic and _dropout_free(agent)
+    return algo.recompute_old_logprobs and single_step and advantages_can_wait and no_critic and _dropout_free(agent)
 
 
 def _dropout_free(agent: Agent) -> bool:
@@ -161,16 +176,26 @@ def global_denominator(
 
 
 def _micro_loss(
-    agent: Agent, micro: AgentBatch, advantages: torch.Tensor, algo: AlgorithmConfig, denominator: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
+    agent: Agent,
+    micro: AgentBatch,
+    advantages: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    algo: AlgorithmConfig,
+    denominator: torch.Tensor,
+) -> tuple[torch.Tensor | None, dict[str, float]]:
     """Policy loss + beta * KL loss (when in the loss) - entropy_coef * entropy of one micro-batch.
 
     Every term is aggregated with the same mode and the mini-batch ``denominator`` (verl's
     ``dp_actor``). Returns the loss and detached diagnostics (token means over the micro-batch).
+    ``advantages`` may be a function of this forward's log-probs (pi_old, when the advantages
+    wait for it); it returns None to skip the step (non-finite advantages), and so does this.
     """
     logprobs, entropy = agent.policy_logprobs(micro, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
     if micro.old_logprobs is None:  # an on-policy step (old_logprobs_from_update): this forward is pi_old
         micro.old_logprobs = logprobs.detach()
+    if callable(advantages):
+        advantages = advantages(micro.old_logprobs)
+        if advantages is None:
+            return None, {}
     device = logprobs.device
     mask = micro.response_mask.to(device)
     out = POLICY_LOSSES[algo.policy_loss](
@@ -202,7 +227,7 @@ def _micro_loss(
 def policy_update(
     agent: Agent,
     batch: AgentBatch,
-    advantages: torch.Tensor,
+    advantages: torch.Tensor | None,
     kl: torch.Tensor,
     algo: AlgorithmConfig,
     optimizer,
@@ -216,6 +241,8 @@ def policy_update(
     """Policy-gradient steps over ``batch`` (prepared by :func:`prepare_batch`), per ``minibatch_schedule``.
 
     Args:
+        advantages: ``[B, T]``, or None when :func:`prepare_batch` left them to be estimated from
+            pi_old read off this update's forward (the KL in the reward, one micro-batch).
         backward: the LightningModule's ``manual_backward``.
         clip_gradients: clips this agent's gradients and returns their norm before clipping.
         generator: shuffles samples across passes.
@@ -228,9 +255,13 @@ def policy_update(
     max_tokens = algo.loss_scale_tokens or max_response_tokens
     sums: dict[str, float] = defaultdict(float)
     grad_norm, steps = 0.0, 0
-    # A non-finite advantage (a NaN/inf reward, a diverged KL) would poison every pass: skip
-    # this agent's whole update; the skip is reported like a non-finite loss.
-    skipped = bool(max_over_ranks(int(not torch.isfinite(advantages).all())))
+    deferred = advantages is None  # estimated from pi_old, which the one micro-batch's forward gives
+    if deferred:
+        advantages, skipped = torch.zeros_like(mask), False
+    else:
+        # A non-finite advantage (a NaN/inf reward, a diverged KL) would poison every pass: skip
+        # this agent's whole update; the skip is reported like a non-finite loss.
+        skipped = bool(max_over_ranks(int(not torch.isfinite(advantages).all())))
     schedule = [] if skipped else minibatch_schedule(len(batch), algo, generator)
     # pi_old read off this update's forward (see old_logprobs_from_update), filled row by row
     observed_old = torch.zeros_like(mask) if batch.old_logprobs is None else None
@@ -245,9 +276,25 @@ def policy_update(
             finite = True
             for part in micro_batches:
                 micro = batch.select(part)
-                loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
+                if deferred:
+                    def advantages_from(old: torch.Tensor, part: torch.Tensor = part) -> torch.Tensor | None:
+                        nonlocal advantages, kl
+                        observed = torch.zeros_like(mask)
+                        observed[part] = old.cpu().to(mask.dtype)  # part holds every row (one micro-batch)
+                        kl = kl_penalty(observed, batch.ref_logprobs, algo.kl_estimator) * mask
+                        advantages = estimate_advantages(batch, algo, kl)
+                        if max_over_ranks(int(not torch.isfinite(advantages).all())):
+                            return None
+                        return advantages[part]
+
+                    loss, diagnostics = _micro_loss(agent, micro, advantages_from, algo, denominator)
+                else:
+                    loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
                 if observed_old is not None:
                     observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
+                if loss is None:  # non-finite advantages: nothing of this update reaches the weights
+                    skipped, finite = True, False
+                    break
                 # decided on all ranks together: a rank skipping its backward alone would stall the others
                 if max_over_ranks(int(not torch.isfinite(loss))):
                     finite = False

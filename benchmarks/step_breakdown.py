@@ -1,21 +1,35 @@
-"""Step breakdown: seconds per stage of a normal ``fit`` run, read back from its TensorBoard logs.
+"""Step breakdown: seconds and tokens per stage of a normal ``fit`` run, read back from its TensorBoard logs.
 
     python benchmarks/step_breakdown.py              # conf/tiny.yaml and conf/single_agent_tiny.yaml
     python benchmarks/step_breakdown.py --steps 8
+    OMP_NUM_THREADS=2 python benchmarks/step_breakdown.py --recipe smollm2     # the real-model recipe, fast vs off
 
-Benchmark 4 of the performance issue. ``WaltzModule.training_step`` logs ``time/<stage>`` every
-RL step (training/timing.py): rollout/c0, rollout/feedback, rollout/revision (inside
-``run_episodes``), judge, rewards, samples, logprobs/<agent> (old + reference log-probs),
-update/<agent> (forward, backward, clip and optimizer step) and time/step (the whole training
-step up to logging). This script runs the shipped configs through the CLI for a few RL steps (the
-two-agent run crosses the stage switch) and prints the median of each scalar over the RL steps
-after the first. Warm starts are cached (``$WALTZLIT_CACHE``), so only the first run pays them.
+``WaltzModule.training_step`` logs ``time/<stage>`` every RL step (training/timing.py):
+rollout/c0, rollout/feedback, rollout/revision (inside ``run_episodes``), judge, rewards, samples,
+logprobs/<agent> (old + reference log-probs), update/<agent> (forward, backward, clip and
+optimizer step) and time/step (the whole training step up to logging), and ``tokens/<stage>/...``:
+the prompt and generated tokens of each rollout turn, and the real tokens and padded positions
+of each agent's training batch.
+
+Tiny recipes (default): the shipped configs run through the CLI for a few RL steps (the
+two-agent run crosses the stage switch); the median of each scalar over the RL steps after the
+first is printed. Warm starts are cached (``$WALTZLIT_CACHE``), so only the first run pays them.
+
+``--recipe smollm2``: ``conf/smollm2_cpu.yaml`` (SmolLM2-135M-Instruct for both agents, LoRA r16 on
+every linear layer, 8 prompts per RL step, 64/96/64-token turns, the KL in the reward) twice, in two
+processes that take turns *step by step* (a process starts an RL step only when the driver hands
+it the baton, so machine noise falls on both alike): "fast" as shipped, and "off" with the
+speed options of the performance work switched off (``OFF_OPTIONS``). Both use the same seed, so
+they roll out nearly the same episodes. Stage 1 (feedback agent trained) and stage 2 (both) are
+reported apart, each with per-stage ratios fast / off. Needs the converted model
+(``python -m waltzlit convert-gguf --out models/smollm2-135m-instruct``) and ../shared/data.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import multiprocessing as mp
 import sys
 import tempfile
 from pathlib import Path
@@ -29,9 +43,15 @@ RUNS = {
     "two agents (conf/tiny.yaml)": ["--config", str(REPO / "conf/tiny.yaml"), "--model.schedule.stage1_steps=2"],
     "single agent (conf/single_agent_tiny.yaml)": ["--config", str(REPO / "conf/single_agent_tiny.yaml")],
 }
+OFF_OPTIONS = [
+    f"--model.{role}.{key}=false"
+    for role in ("conversation", "feedback")
+    for key in ("shared_prefix_forward", "length_buckets", "merged_lora_sampler")
+] + ["--model.algorithm.old_logprobs_from_update=false"]
+"""The speed options of the real-model performance work, all off: the step as it ran before them."""
 
 
-def scalars(log_dir: str, prefix: str = "time/") -> dict[str, list[float]]:
+def scalars(log_dir: str, prefixes: tuple[str, ...] = ("time/", "tokens/")) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[str, list[float]] = {}
@@ -39,40 +59,137 @@ def scalars(log_dir: str, prefix: str = "time/") -> dict[str, list[float]]:
         events = EventAccumulator(path)
         events.Reload()
         for tag in events.Tags()["scalars"]:
-            if tag.startswith(prefix):
+            if tag.startswith(prefixes):
                 values.setdefault(tag, []).extend(e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step))
     return values
+
+
+def _cli_args(args_list: list[str], steps: int, folder: str) -> list[str]:
+    return [*args_list, f"--model.schedule.total_rl_steps={steps}", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
+            "--trainer.val_check_interval=1000", "--checkpoint.every_n_rl_steps=0",
+            "--model.schedule.log_transcripts_every=0"]
 
 
 def run(args_list: list[str], steps: int) -> dict[str, list[float]]:
     from waltzlit.cli import main
 
     with tempfile.TemporaryDirectory() as folder:
-        cli = main(args=[*args_list, f"--model.schedule.total_rl_steps={steps}", "--trainer.enable_progress_bar=false",
-                         f"--trainer.default_root_dir={folder}", f"--trainer.logger.init_args.save_dir={folder}",
-                         "--trainer.val_check_interval=1000", "--checkpoint.every_n_rl_steps=0"], run=False)
+        cli = main(args=_cli_args(args_list, steps, folder), run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         return scalars(folder)
 
 
+# ----------------------------------------------------------------------------- the real recipe
+def _baton_worker(args_list: list[str], steps: int, conn) -> None:
+    """Runs one fit; before every RL step, says "ready" and waits for the driver's "go"."""
+    try:
+        from lightning.pytorch import Callback
+
+        from waltzlit.cli import main
+
+        class Baton(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                conn.send("ready")
+                conn.recv()
+
+        with tempfile.TemporaryDirectory() as folder:
+            cli = main(args=_cli_args(args_list, steps, folder), run=False)
+            cli.trainer.callbacks.append(Baton())
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            conn.send(("done", scalars(folder)))
+    except Exception as error:  # report, never leave the driver waiting
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def interleaved(variants: dict[str, list[str]], steps: int) -> dict[str, dict[str, list[float]]]:
+    """Each variant's scalars, the variants' RL steps taken in turns (order rotating each round)."""
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for name, args_list in variants.items():
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_baton_worker, args=(args_list, steps, child), daemon=True)
+        process.start()
+        workers[name] = (process, parent)
+    results, active = {}, []
+    for name, (_, conn) in workers.items():  # loading runs concurrently, untimed
+        message = conn.recv()
+        if message == "ready":
+            active.append(name)
+        else:
+            results[name] = message
+    round_index = 0
+    while active:
+        shift = round_index % len(active)
+        for name in active[shift:] + active[:shift]:
+            conn = workers[name][1]
+            conn.send("go")
+            message = conn.recv()  # "ready" for its next step, or its results after the last one
+            if message != "ready":
+                results[name] = message
+        active = [name for name in active if name not in results]
+        round_index += 1
+    for process, _ in workers.values():
+        process.join(timeout=120)
+    for name, message in results.items():
+        if message[0] != "done":
+            raise RuntimeError(f"{name}: {message[1]}")
+    return {name: message[1] for name, message in results.items()}
+
+
+def recipe_breakdown(steps: int, stage1: int) -> dict:
+    base = ["--config", str(REPO / "conf/smollm2_cpu.yaml"), f"--model.schedule.stage1_steps={stage1}"]
+    values = interleaved({"fast": base, "off": [*base, *OFF_OPTIONS]}, steps)
+    stages = {"stage 1": range(1, stage1), "stage 2": range(stage1 + 1, steps)}  # first step of each left out
+    report = {"variants": {name: {"all": v} for name, v in values.items()}, "stages": {}}
+    for stage, steps_kept in stages.items():
+        medians = {
+            name: {tag: median([v[i] for i in steps_kept if i < len(v)]) for tag, v in variant.items()
+                   if any(i < len(v) for i in steps_kept)}
+            for name, variant in values.items()
+        }
+        tags = sorted(set(medians["fast"]) | set(medians["off"]), key=lambda t: (t.startswith("tokens/"), t == "time/step", t))
+        rows, ratios = [], {}
+        for tag in tags:
+            fast, off = medians["fast"].get(tag, float("nan")), medians["off"].get(tag, float("nan"))
+            ratio = fast / off if off else float("nan")
+            if tag.startswith("time/"):
+                ratios[tag[5:]] = ratio
+            rows.append([tag, off, fast, f"{ratio:.2f}x"])
+        report["stages"][stage] = {"steps": list(steps_kept), "medians": medians, "ratios_fast_over_off": ratios}
+        print(f"\n## SmolLM2 recipe, {stage}: medians over RL steps {list(steps_kept)}\n")
+        print(table(["scalar", "off", "fast", "fast / off"], rows))
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="RL steps per run (the first is left out)")
-    parser.add_argument("--out", default="step_breakdown")
+    parser.add_argument("--recipe", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (tiny: 6; smollm2: 7)")
+    parser.add_argument("--stage1-steps", type=int, default=3, help="smollm2: RL steps of stage 1")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     payload = {"machine": machine(), "uptime_before": uptime(), "args": vars(args), "runs": {}}
-    for name, run_args in RUNS.items():
-        values = run(run_args, args.steps)
-        order = sorted(values, key=lambda tag: (tag == "time/step", tag))  # the whole step last
-        medians = {tag: median(values[tag][1:]) for tag in order}
-        payload["runs"][name] = {"medians_s": medians, "all_s": values}
-        step = medians.get("time/step", float("nan"))
-        rows = [[tag[5:], seconds, f"{100 * seconds / step:.0f} %"] for tag, seconds in medians.items()]
-        print(f"\n## {name}: median over RL steps 2..{args.steps}\n")
-        print(table(["stage", "s", "of step"], rows))
+    if args.recipe == "smollm2":
+        steps = args.steps or 7
+        payload["smollm2"] = recipe_breakdown(steps, args.stage1_steps)
+        payload["off_options"] = OFF_OPTIONS
+    else:
+        steps = args.steps or 6
+        for name, run_args in RUNS.items():
+            values = run(run_args, steps)
+            order = sorted(values, key=lambda tag: (tag.startswith("tokens/"), tag == "time/step", tag))
+            medians = {tag: median(values[tag][1:]) for tag in order}
+            payload["runs"][name] = {"medians_s": medians, "all_s": values}
+            step = medians.get("time/step", float("nan"))
+            rows = [[tag, value, f"{100 * value / step:.0f} %" if tag.startswith("time/") else ""]
+                    for tag, value in medians.items()]
+            print(f"\n## {name}: median over RL steps 2..{steps}\n")
+            print(table(["scalar", "value", "of step"], rows))
     payload["uptime_after"] = uptime()
     print(f"\n{payload['uptime_before']}\n{payload['uptime_after']}")
-    print(f"wrote {write_result(args.out, payload)}")
+    out = args.out or ("step_breakdown" if args.recipe == "tiny" else "step_breakdown_smollm2")
+    print(f"wrote {write_result(out, payload)}")
 
 
 if __name__ == "__main__":

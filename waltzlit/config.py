@@ -286,9 +286,12 @@ class AlgorithmConfig:
     """Sequences per forward/backward; gradients accumulate over a mini-batch's micro-batches."""
     recompute_old_logprobs: bool = True
     """Recompute log pi_old with a forward pass on the exact sampled tokens; False reuses the
-    generation log-probs (saves a forward; exact only with identical numerics). With one on-policy
-    optimizer step, the KL in the loss (or none), no critic and no dropout, pi_old is the update's
-    own forward and no extra pass is made (``training.update.old_logprobs_from_update``)."""
+    generation log-probs (saves a forward; exact only with identical numerics)."""
+    old_logprobs_from_update: bool = True
+    """With one on-policy optimizer step, no critic and no dropout, read pi_old off the update's own
+    forward instead of an extra pass (the weights have not moved yet: the same values). With the
+    KL in the reward this needs the whole batch in one micro-batch, whose forward then runs before
+    the advantages are estimated (``training.update.old_logprobs_from_update``)."""
     gae_gamma: float = 1.0
     """GAE discount (gae only; verl, OpenRLHF, TRL: 1.0)."""
     gae_lambda: float = 0.95

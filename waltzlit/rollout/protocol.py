@@ -22,7 +22,7 @@ from waltzlit.agents.agent import Agent
 from waltzlit.config import RolloutConfig
 from waltzlit.rollout.feedback_parser import parse_feedback
 from waltzlit.rollout.messages import conversation_messages, feedback_messages
-from waltzlit.training.timing import StageTimer, timed
+from waltzlit.training.timing import StageTimer, count_tokens, timed
 from waltzlit.types import Episode, Generation, PromptRecord
 
 STOP_SATISFACTORY = "satisfactory"
@@ -44,6 +44,11 @@ def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
         feedback_template=cfg.feedback_template,
     )
     return agent.encode(messages)
+
+
+def _count(timer: StageTimer | None, stage: str, turns: Sequence[Generation]) -> None:
+    count_tokens(timer, stage, prompt=sum(len(t.context_ids) for t in turns),
+                 generated=sum(len(t.response_ids) for t in turns))
 
 
 def feedback_turns(
@@ -96,6 +101,7 @@ def run_episodes(
     with timed(timer, "rollout/c0"):  # the stages include rendering and tokenising their contexts
         contexts = [_conversation_context(conversation, episode, cfg) for episode in episodes]
         turns = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+    _count(timer, "rollout/c0", turns)
     for episode, turn in zip(episodes, turns):
         episode.responses.append(turn)
     if feedback is None:
@@ -111,6 +117,7 @@ def run_episodes(
         with timed(timer, "rollout/feedback"):
             pairs = [(episodes[i].record.prompt, episodes[i].responses[-1].text) for i in running]
             turns = feedback_turns(feedback, pairs, cfg, with_logprobs)
+        _count(timer, "rollout/feedback", turns)
         triggered = []
         for i, turn in zip(running, turns):
             parsed = parse_feedback(turn.text)
@@ -127,6 +134,7 @@ def run_episodes(
         with timed(timer, "rollout/revision"):
             contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
             revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+        _count(timer, "rollout/revision", revisions)
         for i, turn in zip(triggered, revisions):
             episodes[i].responses.append(turn)
         running = triggered

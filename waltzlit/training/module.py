@@ -31,7 +31,7 @@ from waltzlit.rollout.samples import conversation_samples, feedback_samples
 from waltzlit.training.critic_update import value_update
 from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
 from waltzlit.training.logging import log_step, log_transcripts
-from waltzlit.training.timing import StageTimer, timed
+from waltzlit.training.timing import StageTimer, count_tokens, timed
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import AgentBatch, PromptRecord
 
@@ -272,6 +272,9 @@ class WaltzModule(LightningModule):
     def _update(self, role: str, agent_batch, optimizer, critic_optimizer=None, timer: StageTimer | None = None):
         agent, cfg, algo = self.agents[role], self.agent_configs[role], self.algorithm.for_agent(role)
         critic = dict(self.critics).get(role)
+        # real tokens (context + response) and the padded positions of one forward over the batch
+        count_tokens(timer, f"update/{role}", real=float(agent_batch.attention_mask.sum()),
+                     padded=agent_batch.attention_mask.numel())
         with timed(timer, f"logprobs/{role}"):  # old + reference log-probs (and critic values)
             agent_batch, advantages, kl = prepare_batch(agent, agent_batch, algo, critic)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")

@@ -124,7 +124,8 @@ def old_logprobs_from_update(agent: Agent, batch_size: int, algo: AlgorithmConfi
     # micro-batch, whose forward gives pi_old, then the advantages, then the loss and its backward.
     advantages_can_wait = not _kl_in_reward(algo) or algo.micro_batch_size >= batch_size
     no_critic = critic is None and not algo.uses_critic
-    return algo.recompute_old_logprobs and single_step and advantages_can_wait and no_critic and _dropout_free(agent)
+    return (algo.old_logprobs_from_update and algo.recompute_old_logprobs and single_step and advantages_can_wait
+            and no_critic and _dropout_free(agent))
 
 
 def _dropout_free(agent: Agent) -> bool:

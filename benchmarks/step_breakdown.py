@@ -16,12 +16,13 @@ two-agent run crosses the stage switch); the median of each scalar over the RL s
 first is printed. Warm starts are cached (``$WALTZLIT_CACHE``), so only the first run pays them.
 
 ``--recipe smollm2``: ``conf/smollm2_cpu.yaml`` (SmolLM2-135M-Instruct for both agents, LoRA r16 on
-every linear layer, 8 prompts per RL step, 64/96/64-token turns, the KL in the reward) twice, in two
-processes that take turns *step by step* (a process starts an RL step only when the driver hands
-it the baton, so machine noise falls on both alike): "fast" as shipped, and "off" with the
-speed options of the performance work switched off (``OFF_OPTIONS``). Both use the same seed, so
-they roll out nearly the same episodes. Stage 1 (feedback agent trained) and stage 2 (both) are
-reported apart, each with per-stage ratios fast / off. Needs the converted model
+every linear layer, 8 prompts per RL step, 64/96/64-token turns, the KL in the reward) in one
+process per variant (``VARIANTS``), the processes taking turns *step by step* (a process starts an
+RL step only when the driver hands it the baton, so machine noise falls on all alike): "fast" as
+shipped, "off" with the speed options of the performance work switched off (``OFF_OPTIONS``), and
+"fast + bf16 sampling" (the opt-in, inexact bf16 sampling copy). All use the same seed, so they
+roll out nearly the same episodes. Stage 1 (feedback agent trained) and stage 2 (both) are
+reported apart, with per-stage ratios to "off". Needs the converted model
 (``python -m waltzlit convert-gguf --out models/smollm2-135m-instruct``) and ../shared/data.
 """
 
@@ -52,16 +53,24 @@ OFF_OPTIONS = [
 
 
 def scalars(log_dir: str, prefixes: tuple[str, ...] = ("time/", "tokens/")) -> dict[str, list[float]]:
+    """Every logged value of the tags under ``prefixes``, in step order."""
+    return {tag: [v for _, v in sorted(by_step.items())] for tag, by_step in scalars_by_step(log_dir, prefixes).items()}
+
+
+def scalars_by_step(log_dir: str, prefixes: tuple[str, ...] = ("time/", "tokens/")) -> dict[str, dict[int, float]]:
+    """``{tag: {rl_step: value}}``: the logger's step counts optimizer steps (two per stage-2 RL
+    step), so values are keyed by the RL step logged beside them (``train/rl_step``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values: dict[str, list[float]] = {}
+    raw: dict[str, dict[int, float]] = {}
     for path in glob.glob(f"{log_dir}/**/events.out.tfevents.*", recursive=True):
-        events = EventAccumulator(path)
+        events = EventAccumulator(path, size_guidance={"scalars": 0})
         events.Reload()
         for tag in events.Tags()["scalars"]:
-            if tag.startswith(prefixes):
-                values.setdefault(tag, []).extend(e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step))
-    return values
+            if tag.startswith(prefixes) or tag == "train/rl_step":
+                raw.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
+    rl_step = {step: int(value) for step, value in raw.pop("train/rl_step", {}).items()}
+    return {tag: {rl_step.get(step, step): value for step, value in by_step.items()} for tag, by_step in raw.items()}
 
 
 def _cli_args(args_list: list[str], steps: int, folder: str) -> list[str]:
@@ -97,7 +106,7 @@ def _baton_worker(args_list: list[str], steps: int, conn) -> None:
             cli = main(args=_cli_args(args_list, steps, folder), run=False)
             cli.trainer.callbacks.append(Baton())
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            conn.send(("done", scalars(folder)))
+            conn.send(("done", scalars_by_step(folder)))
     except Exception as error:  # report, never leave the driver waiting
         conn.send(("error", f"{type(error).__name__}: {error}"))
 
@@ -137,28 +146,41 @@ def interleaved(variants: dict[str, list[str]], steps: int) -> dict[str, dict[st
     return {name: message[1] for name, message in results.items()}
 
 
-def recipe_breakdown(steps: int, stage1: int) -> dict:
+VARIANTS = {
+    "off": OFF_OPTIONS,
+    "fast": [],
+    "fast + bf16 sampling": [f"--model.{role}.sampler_dtype=bfloat16" for role in ("conversation", "feedback")],
+}
+"""The recipe as shipped ("fast": every exact option on), with the speed options off, and with the
+opt-in, inexact bf16 sampling copy on top."""
+
+
+def recipe_breakdown(steps: int, stage1: int, variants: list[str]) -> dict:
     base = ["--config", str(REPO / "conf/smollm2_cpu.yaml"), f"--model.schedule.stage1_steps={stage1}"]
-    values = interleaved({"fast": base, "off": [*base, *OFF_OPTIONS]}, steps)
+    values = interleaved({name: [*base, *VARIANTS[name]] for name in variants}, steps)
     stages = {"stage 1": range(1, stage1), "stage 2": range(stage1 + 1, steps)}  # first step of each left out
-    report = {"variants": {name: {"all": v} for name, v in values.items()}, "stages": {}}
-    for stage, steps_kept in stages.items():
+    report = {"variants": {name: {"by_rl_step": v} for name, v in values.items()}, "stages": {}}
+    for stage, kept in stages.items():
         medians = {
-            name: {tag: median([v[i] for i in steps_kept if i < len(v)]) for tag, v in variant.items()
-                   if any(i < len(v) for i in steps_kept)}
+            name: {tag: median([v[i] for i in kept if i in v]) for tag, v in variant.items() if any(i in v for i in kept)}
             for name, variant in values.items()
         }
-        tags = sorted(set(medians["fast"]) | set(medians["off"]), key=lambda t: (t.startswith("tokens/"), t == "time/step", t))
-        rows, ratios = [], {}
+        tags = sorted(set().union(*medians.values()), key=lambda t: (t.startswith("tokens/"), t == "time/step", t))
+        others = [name for name in variants if name != "off"]
+        rows, ratios = [], {name: {} for name in others}
         for tag in tags:
-            fast, off = medians["fast"].get(tag, float("nan")), medians["off"].get(tag, float("nan"))
-            ratio = fast / off if off else float("nan")
-            if tag.startswith("time/"):
-                ratios[tag[5:]] = ratio
-            rows.append([tag, off, fast, f"{ratio:.2f}x"])
-        report["stages"][stage] = {"steps": list(steps_kept), "medians": medians, "ratios_fast_over_off": ratios}
-        print(f"\n## SmolLM2 recipe, {stage}: medians over RL steps {list(steps_kept)}\n")
-        print(table(["scalar", "off", "fast", "fast / off"], rows))
+            off = medians["off"].get(tag, float("nan"))
+            row = [tag, off]
+            for name in others:
+                value = medians[name].get(tag, float("nan"))
+                ratio = value / off if off else float("nan")
+                if tag.startswith("time/"):
+                    ratios[name][tag[5:]] = ratio
+                row += [value, f"{ratio:.2f}x"]
+            rows.append(row)
+        report["stages"][stage] = {"rl_steps": list(kept), "medians": medians, "ratios_over_off": ratios}
+        print(f"\n## SmolLM2 recipe, {stage}: medians over RL steps {list(kept)}\n")
+        print(table(["scalar", "off", *[h for name in others for h in (name, "/ off")]], rows))
     return report
 
 
@@ -167,13 +189,16 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (tiny: 6; smollm2: 7)")
     parser.add_argument("--stage1-steps", type=int, default=3, help="smollm2: RL steps of stage 1")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="smollm2: the variants to interleave (off is always run)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     payload = {"machine": machine(), "uptime_before": uptime(), "args": vars(args), "runs": {}}
     if args.recipe == "smollm2":
         steps = args.steps or 7
-        payload["smollm2"] = recipe_breakdown(steps, args.stage1_steps)
-        payload["off_options"] = OFF_OPTIONS
+        variants = ["off", *[name for name in args.variants if name != "off"]]
+        payload["smollm2"] = recipe_breakdown(steps, args.stage1_steps, variants)
+        payload["variant_options"] = {name: VARIANTS[name] for name in variants}
     else:
         steps = args.steps or 6
         for name, run_args in RUNS.items():

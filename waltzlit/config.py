@@ -108,6 +108,11 @@ class AgentConfig:
     after every update (``agents/merged_sampler.py``): no adapter bookkeeping per decode step
     (SmolLM2-135M on 2 CPU cores: ~1.5x faster decoding). Costs one more copy of the base
     weights; needs ``lora`` on plain Linear layers (not 4-bit, not DoRA) and one process."""
+    sampler_dtype: Literal["same", "bfloat16", "float16"] = "same"
+    """The merged sampling copy's dtype (needs ``merged_lora_sampler``). bfloat16 halves the bytes
+    of every decode step and is faster on CPUs with bf16 instructions, but is not exact: episodes
+    are sampled from a rounded policy while pi_old and the loss use ``dtype``, the gap vLLM-based
+    trainers have too (``update/logprob_mismatch`` logs it). "same" keeps ``dtype``."""
     fused_adamw: bool = True
     """torch's fused AdamW kernel (one kernel over all parameters, CPU and CUDA) where the
     parameters allow it; sharded (DTensor) parameters and False use the foreach implementation.

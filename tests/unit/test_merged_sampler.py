@@ -77,3 +77,16 @@ def test_refused_where_a_merge_is_not_a_plain_linear():
         merged_sampler(cfg, "feedback", _policy().get_base_model(), "default")
     cfg = AgentConfig(model="m", lora=LoRAConfig(), merged_lora_sampler=False)
     assert merged_sampler(cfg, "feedback", _policy(), "default") is None
+
+
+def test_a_bf16_copy_is_close_not_exact_and_needs_the_merged_sampler():
+    policy, ids = _policy(), _ids()
+    sampler = MergedSampler(policy, "default", torch.bfloat16)
+    copy = sampler.current()
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert next(policy.parameters()).dtype == torch.float32  # the policy keeps its precision
+    gap = (_logprobs(copy, ids).exp() - _logprobs(policy, ids).exp()).abs().max()
+    assert 0 < gap < 0.02  # bf16 rounding: close in probability, not equal
+    cfg = AgentConfig(model="m", lora=LoRAConfig(), sampler_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"model\.conversation\.sampler_dtype: 'bfloat16' needs merged_lora_sampler"):
+        merged_sampler(cfg, "conversation", policy, "default")

@@ -257,3 +257,9 @@ def test_length_buckets_hand_made(always_share):
     mask[2:, :16] = 1
     buckets = lp._length_buckets(_model(), mask, width=6)
     assert [(rows.tolist(), start, width) for rows, start, width in buckets] == [([0, 1], 8, 1), ([2, 3], 0, 6)]
+    # a prefix shared by every row runs once per bucket: make every context 10 tokens, 9 shared
+    mask[:2, :8] = 1  # contexts 10, 10, 10, 10; responses 1, 1, 6, 6
+    # one forward: 4 x (10 - 9 + 6) + 9 = 37; two: 2 x (1 + 1) + 9 + 2 x (1 + 6) + 9 = 36 -> split
+    assert len(lp._length_buckets(_model(), mask, width=6, prefix=9)) == 2
+    # prefix 10: one forward 4 x 6 + 10 = 34, two 2 x 1 + 10 + 2 x 6 + 10 = 34 -> nothing saved
+    assert lp._length_buckets(_model(), mask, width=6, prefix=10) is None

@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
 from waltzlit.agents.logprobs import ForwardSharing
 from waltzlit.agents.merged_sampler import MergedSampler
-from waltzlit.agents.loading import add_lora, count_parameters, frozen_copy, load_causal_lm, load_tokenizer
 from waltzlit.agents.prompts import default_system_prompt
 from waltzlit.config import AgentConfig
 from waltzlit.types import PromptRecord
@@ -50,13 +51,16 @@ def merged_sampler(cfg: AgentConfig, role: str, model: nn.Module, adapter_name: 
     """The agent's merged sampling copy when ``merged_lora_sampler`` asks for one; a config it
     cannot serve is an error naming the key."""
     if not cfg.merged_lora_sampler:
+        if cfg.sampler_dtype != "same":
+            raise ValueError(f"model.{role}.sampler_dtype: {cfg.sampler_dtype!r} needs merged_lora_sampler: true")
         return None
     reason = MergedSampler.supported(model, adapter_name) if cfg.lora is not None else "lora is null"
     if reason is None and cfg.load_in_4bit:
         reason = "the base is 4-bit"
     if reason is not None:
         raise ValueError(f"model.{role}.merged_lora_sampler: needs a LoRA policy on plain Linear layers; {reason}")
-    return MergedSampler(model, adapter_name)
+    dtype = None if cfg.sampler_dtype == "same" else getattr(torch, cfg.sampler_dtype)
+    return MergedSampler(model, adapter_name, dtype)
 
 
 def _system_prompt(cfg: AgentConfig, role: str) -> str:

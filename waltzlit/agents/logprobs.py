@@ -77,7 +77,13 @@ def response_logprobs(
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
-    buckets = _length_buckets(model, attention_mask, width) if sharing.buckets else None
+    buckets = None
+    if sharing.buckets:
+        # a prefix that every row shares runs once per bucket: the split must save more than that
+        prefix = 0
+        if sharing.prefix and shared_kv_supported(model):
+            prefix = common_prefix_length(input_ids, attention_mask, input_ids.shape[1] - width)
+        buckets = _length_buckets(model, attention_mask, width, prefix)
     if buckets is None:
         logits = _response_logits(model, input_ids, attention_mask, width, sharing)
         return _token_statistics(logits, input_ids[:, -width:], with_entropy, entropy_grad)
@@ -122,14 +128,15 @@ def shared_context_supported(model: nn.Module) -> bool:
 
 
 def _length_buckets(
-    model: nn.Module, attention_mask: torch.Tensor, width: int
+    model: nn.Module, attention_mask: torch.Tensor, width: int, prefix: int = 0
 ) -> list[tuple[torch.Tensor, int, int]] | None:
     """Rows split into groups of similar length, or None when one padded forward is as good.
 
     Returns ``(rows [b], first context column, response width)`` per bucket: each bucket is cut to
     the widest context and the longest response among its own rows. Rows are ordered by length
-    and split greedily where the split saves the most padded positions, while a split saves more
-    than a model call costs (``kv_sharing.worth_splitting``) and there are fewer than ``_MAX_BUCKETS`` buckets.
+    and split greedily where the split saves the most positions, while a split saves more than a
+    model call costs (``kv_sharing.worth_splitting``) and there are fewer than ``_MAX_BUCKETS``
+    buckets. A ``prefix`` shared by every row costs its length once per bucket, not per row.
     """
     if attention_mask.shape[0] < 2:
         return None
@@ -139,8 +146,8 @@ def _length_buckets(
     order = torch.argsort(contexts + responses, stable=True)
     contexts, responses = contexts[order].tolist(), responses[order].tolist()
 
-    def cost(lo: int, hi: int) -> int:  # padded positions of rows order[lo:hi] in one forward
-        return (hi - lo) * (max(contexts[lo:hi]) + max(responses[lo:hi]))
+    def cost(lo: int, hi: int) -> int:  # positions run for rows order[lo:hi] in one forward
+        return (hi - lo) * (max(contexts[lo:hi]) - prefix + max(responses[lo:hi])) + prefix
 
     spans = [(0, len(order))]
     while len(spans) < _MAX_BUCKETS:

@@ -73,7 +73,13 @@ def shared_kv_supported(model: nn.Module) -> bool:
         return False
     if base.training and torch.is_grad_enabled() and _checkpointing(base):
         return False
-    return not any(type(p).__name__ == "DTensor" for p in base.parameters())
+    return not sharded(base)
+
+
+def sharded(model: nn.Module) -> bool:
+    """Whether the parameters are sharded (DTensor): every rank must then make the same forward
+    calls, so no saving may add calls that depend on a rank's own data."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -263,3 +263,13 @@ def test_length_buckets_hand_made(always_share):
     assert len(lp._length_buckets(_model(), mask, width=6, prefix=9)) == 2
     # prefix 10: one forward 4 x 6 + 10 = 34, two 2 x 1 + 10 + 2 x 6 + 10 = 34 -> nothing saved
     assert lp._length_buckets(_model(), mask, width=6, prefix=10) is None
+
+
+def test_no_data_dependent_split_when_sharded(always_share, monkeypatch):
+    # sharded ranks must all make the same forward calls: no buckets, no prefix/context split
+    model, batch = _model(), _prefixed_batch()
+    monkeypatch.setattr(lp, "sharded", lambda model: True)
+    monkeypatch.setattr(kv_sharing, "sharded", lambda model: True)
+    calls = _forward_calls(model)
+    lp.response_logprobs(model, batch, sharing=EVERYTHING)
+    assert calls == [8]

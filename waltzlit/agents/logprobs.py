@@ -34,6 +34,7 @@ from waltzlit.kv_sharing import (
     distinct_rows,
     drop_prefix,
     shared_kv_supported,
+    sharded,
     worth_splitting,
 )
 from waltzlit.types import AgentBatch
@@ -78,7 +79,7 @@ def response_logprobs(
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
     buckets = None
-    if sharing.buckets:
+    if sharing.buckets and not sharded(model):  # sharded ranks must make the same calls
         # a prefix that every row shares runs once per bucket: the split must save more than that
         prefix = 0
         if sharing.prefix and shared_kv_supported(model):

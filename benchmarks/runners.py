@@ -80,8 +80,7 @@ def record_params(hooks: Hooks, size: str, optimizers, policy) -> None:
 
 # ----------------------------------------------------------------------------- waltzlit
 def waltzlit_module(size: str, beta: float, steps: int):
-    from waltzlit.config import (AgentConfig, AlgorithmConfig, LoRAConfig, RolloutConfig, SamplingConfig,
-                                 ScheduleConfig)
+    from waltzlit.config import AgentConfig, AlgorithmConfig, LoRAConfig, RolloutConfig, SamplingConfig, ScheduleConfig
     from waltzlit.training.module import WaltzModule
 
     folder = str(model_dir(size))

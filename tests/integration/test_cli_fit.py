@@ -92,3 +92,28 @@ def test_resuming_from_the_command_line_keeps_the_given_model_settings(tmp_path,
     assert cli.model.schedule.total_rl_steps == 2 and cli.model.rl_step == 2
     assert "model.reward.gate_losses: True -> False" in caplog.text
     assert "model.schedule.total_rl_steps: 1 -> 2" in caplog.text
+
+
+def test_lora_agents_sampling_from_merged_copies(tmp_path, waltz_cache):
+    # Both agents LoRA, sampling from merged copies (the feedback agent's in bf16): the copies are
+    # rewritten after each step, the step's token counts and the bf16 copy's log-prob gap are logged.
+    lora = '{"r": 4, "alpha": 8}'
+    cli, snap = _fit(tmp_path, "--model.schedule.total_rl_steps=2", "--model.schedule.stage1_steps=1",
+                     f"--model.conversation.lora={lora}", f"--model.feedback.lora={lora}",
+                     "--model.conversation.merged_lora_sampler=true", "--model.feedback.merged_lora_sampler=true",
+                     "--model.feedback.sampler_dtype=bfloat16")
+    module = cli.model
+    for role in ("conversation", "feedback"):
+        changed, total = changed_parameters(snap, module, f"policies.{role}.")
+        assert 0 < changed < total  # the adapter moved, the base did not
+        agent = module.agents[role]
+        ids = torch.randint(3, 200, (2, 12))
+        with torch.no_grad():
+            policy = torch.softmax(agent.model(input_ids=ids).logits.float(), -1)
+            copy = torch.softmax(agent.sampler.current()(input_ids=ids).logits.float(), -1)
+        tolerance = 2e-2 if role == "feedback" else 1e-5  # bf16 copy: close; fp32 copy: equal to rounding
+        assert (copy - policy).abs().max() < tolerance
+    tags = scalar_tags(tmp_path / "runs")
+    for tag in ["tokens/rollout/c0/prompt", "tokens/rollout/feedback/generated", "tokens/update/feedback/padded",
+                "train/feedback/update/logprob_mismatch"]:
+        assert tag in tags, f"{tag} missing; have {sorted(tags)}"

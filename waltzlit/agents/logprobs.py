@@ -33,8 +33,8 @@ from waltzlit.kv_sharing import (
     common_prefix_length,
     distinct_rows,
     drop_prefix,
-    shared_kv_supported,
     sharded,
+    shared_kv_supported,
     worth_splitting,
 )
 from waltzlit.types import AgentBatch

@@ -49,6 +49,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from waltzlit.config import SamplingConfig
 from waltzlit.kv_sharing import (
     base_model as _base_model,
+)
+from waltzlit.kv_sharing import (
     cache_kwarg,
     common_prefix_length,
     distinct_rows,

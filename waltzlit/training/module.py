@@ -220,7 +220,10 @@ class WaltzModule(LightningModule):
             repeat_records(batch, n),
             self.rollout_cfg,
             stop_on_invalid_json=until is None or self.rl_step < until,
-            with_logprobs=not self.algorithm.recompute_old_logprobs,
+            # recorded when pi_old is not recomputed, and with a rounded sampling copy, whose gap to
+            # the policy is then logged (update/logprob_mismatch)
+            with_logprobs=not self.algorithm.recompute_old_logprobs
+            or any(cfg.sampler_dtype != "same" for cfg in self.agent_configs.values()),
             feedback_samples_per_response=m,
             timer=timer,
         )

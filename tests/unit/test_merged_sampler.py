@@ -71,6 +71,7 @@ def test_greedy_tokens_equal_the_policy_samples():
 
 def test_refused_where_a_merge_is_not_a_plain_linear():
     assert "DoRA" in MergedSampler.supported(_policy(use_dora=True), "default")
+    assert "modules_to_save" in MergedSampler.supported(_policy(modules_to_save=["lm_head"]), "default")
     assert MergedSampler.supported(_policy(), "default") is None
     cfg = AgentConfig(model="m", merged_lora_sampler=True)
     with pytest.raises(ValueError, match=r"model\.feedback\.merged_lora_sampler: .*lora is null"):

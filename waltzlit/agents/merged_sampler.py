@@ -88,6 +88,8 @@ class MergedSampler:
                 return f"{name} is a {type(module).__name__} (only plain Linear layers are merged)"
             if module.use_dora.get(adapter_name, False) or module.lora_bias.get(adapter_name, False):
                 return f"{name} uses DoRA or an adapter bias"
+        if any(type(m).__name__ == "ModulesToSaveWrapper" for m in policy.modules()):
+            return "the policy trains whole modules beside its adapter (modules_to_save)"
         if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
             return "the policy is sharded"
         return None

@@ -152,6 +152,46 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def start_workers(target, args_by_name: dict[str, tuple]) -> tuple[dict, dict, list[str]]:
+    """Start one spawned process per name, each running ``target(*args, conn)``, and wait until each
+    says "ready" for its first step (set-up runs concurrently, untimed).
+
+    Returns ``(workers {name: (process, conn)}, results {name: message}`` of those that reported
+    instead of getting ready, ``active`` names)``.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for name, args in args_by_name.items():
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=target, args=(*args, child), daemon=True)
+        process.start()
+        workers[name] = (process, parent)
+    results, active = {}, []
+    for name, (_, conn) in workers.items():
+        message = conn.recv()
+        if message == "ready":
+            active.append(name)
+        else:
+            results[name] = message
+    return workers, results, active
+
+
+def take_turns(workers: dict, active: list[str], round_index: int, results: dict) -> list[str]:
+    """One round of the baton: each active worker in turn (the order rotating with ``round_index``)
+    runs one step; a worker answers "ready" for its next step or reports its results, which go to
+    ``results``. Returns the workers still active."""
+    shift = round_index % max(len(active), 1)
+    for name in active[shift:] + active[:shift]:
+        conn = workers[name][1]
+        conn.send("go")
+        message = conn.recv()
+        if message != "ready":
+            results[name] = message
+    return [name for name in active if name not in results]
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table (also readable on a terminal)."""
     cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]

@@ -33,7 +33,6 @@ policy's; the LoRA adapters only for smollm2, which each runner checks). TRL is 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -41,8 +40,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (LORA, MissingModel, machine, median, model_dir, table, trl_available, uptime,  # noqa: E402
-                    write_result)
+from common import (  # noqa: E402
+    LORA,
+    MissingModel,
+    machine,
+    median,
+    model_dir,
+    start_workers,
+    table,
+    take_turns,
+    trl_available,
+    uptime,
+    write_result,
+)
 
 DEFAULT_STEPS = {"tiny": 15, "mid": 15, "smollm2": 10}
 DEFAULT_WARMUP = {"tiny": 3, "mid": 3, "smollm2": 2}
@@ -112,29 +122,11 @@ def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, 
 
 def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None, bf16: bool) -> dict:
     model_dir(size)  # build the fixture once, before the workers race for it
-    ctx = mp.get_context("spawn")
-    workers = {}
-    for name in names:
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker, args=(name, size, beta, steps, threads, bf16, child), daemon=True)
-        process.start()
-        workers[name] = (process, parent)
-    results, active = {}, []
-    for name, (_, conn) in workers.items():  # set-up (imports, model loading) runs concurrently, untimed
-        message = conn.recv()
-        if message == "ready":
-            active.append(name)
-        else:
-            results[name] = message
+    workers, results, active = start_workers(
+        _worker, {name: (name, size, beta, steps, threads, bf16) for name in names}
+    )
     for round_index in range(steps):
-        shift = round_index % max(len(active), 1)
-        for name in active[shift:] + active[:shift]:
-            conn = workers[name][1]
-            conn.send("go")
-            message = conn.recv()  # "ready" for its next step, or its results after the last one
-            if message != "ready":
-                results[name] = message
-        active = [name for name in active if name not in results]
+        active = take_turns(workers, active, round_index, results)
     for name in active:
         results[name] = workers[name][1].recv()
     for process, _ in workers.values():

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import multiprocessing as mp
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median, table, uptime, write_result  # noqa: E402
+from common import machine, median, start_workers, table, take_turns, uptime, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = {
@@ -113,30 +112,10 @@ def _baton_worker(args_list: list[str], steps: int, conn) -> None:
 
 def interleaved(variants: dict[str, list[str]], steps: int) -> dict[str, dict[str, list[float]]]:
     """Each variant's scalars, the variants' RL steps taken in turns (order rotating each round)."""
-    ctx = mp.get_context("spawn")
-    workers = {}
-    for name, args_list in variants.items():
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=_baton_worker, args=(args_list, steps, child), daemon=True)
-        process.start()
-        workers[name] = (process, parent)
-    results, active = {}, []
-    for name, (_, conn) in workers.items():  # loading runs concurrently, untimed
-        message = conn.recv()
-        if message == "ready":
-            active.append(name)
-        else:
-            results[name] = message
+    workers, results, active = start_workers(_baton_worker, {name: (args, steps) for name, args in variants.items()})
     round_index = 0
     while active:
-        shift = round_index % len(active)
-        for name in active[shift:] + active[:shift]:
-            conn = workers[name][1]
-            conn.send("go")
-            message = conn.recv()  # "ready" for its next step, or its results after the last one
-            if message != "ready":
-                results[name] = message
-        active = [name for name in active if name not in results]
+        active = take_turns(workers, active, round_index, results)
         round_index += 1
     for process, _ in workers.values():
         process.join(timeout=120)
@@ -162,7 +141,8 @@ def recipe_breakdown(steps: int, stage1: int, variants: list[str]) -> dict:
     report = {"variants": {name: {"by_rl_step": v} for name, v in values.items()}, "stages": {}}
     for stage, kept in stages.items():
         medians = {
-            name: {tag: median([v[i] for i in kept if i in v]) for tag, v in variant.items() if any(i in v for i in kept)}
+            name: {tag: median([v[i] for i in kept if i in v])
+                   for tag, v in variant.items() if any(i in v for i in kept)}
             for name, variant in values.items()
         }
         tags = sorted(set().union(*medians.values()), key=lambda t: (t.startswith("tokens/"), t == "time/step", t))

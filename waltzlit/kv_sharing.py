@@ -101,6 +101,17 @@ def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | Non
     return first, inverse
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, ``[B, L]``: the rule ``generate`` applies, so a training
+    forward sees every token at the position it was sampled at."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's number of leading padding positions, ``[B]``."""
+    return (attention_mask.cumsum(-1) == 0).sum(-1)
+
+
 def common_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, context_width: int) -> int:
     """K: how many tokens every row's context begins with in common, ``0 <= K < min context length``.
 
@@ -132,7 +143,27 @@ def drop_prefix(attention_mask: torch.Tensor, prefix_length: int, *tensors: torc
     padding and is the first tensor returned.
     """
     width = attention_mask.shape[1]
-    pads = (attention_mask.cumsum(1) == 0).sum(1)  # [B] left padding of each row
+    pads = left_padding(attention_mask)
     columns = torch.arange(width - prefix_length, device=attention_mask.device)[None]
     source = torch.where(columns < pads[:, None], columns, columns + prefix_length)  # [B, W - K]
     return [t.gather(1, source) for t in (attention_mask, *tensors)]
+
+
+def prefill_prefix(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prefix_length: int,
+    **call: object,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the common prefix once, as one unpadded row, into the cache passed in ``call`` (with the
+    other keyword arguments of the model call), and return the rows as they continue after it:
+    ``(input_ids [B, W - K], attention_mask [B, W], position_ids [B, W - K])``, the mask covering
+    the cached prefix (ones) and then each row's own tokens and padding (:func:`drop_prefix`)."""
+    start = int(left_padding(attention_mask[:1]))
+    span = slice(start, start + prefix_length)
+    model(input_ids=input_ids[:1, span], position_ids=position_ids[:1, span], **call)
+    own_mask, input_ids, position_ids = drop_prefix(attention_mask, prefix_length, input_ids, position_ids)
+    full_mask = torch.cat([own_mask.new_ones(own_mask.shape[0], prefix_length), own_mask], dim=1)
+    return input_ids, full_mask, position_ids

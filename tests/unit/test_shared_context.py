@@ -61,6 +61,13 @@ def _forward_calls(model) -> list[int]:
     return calls
 
 
+def _gradient(model, values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Every parameter's gradient of sum(values * mask), flattened (the graph is kept)."""
+    model.zero_grad()
+    (values * response_mask).sum().backward(retain_graph=True)
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 def test_distinct_contexts_hand_made():
     # contexts (width 2): rows 0, 1, 3 equal; row 2 differs -> 2 distinct, first rows 0 and 2
     ids = torch.tensor([[5, 6, 1], [5, 6, 2], [7, 6, 3], [5, 6, 4]])
@@ -88,11 +95,7 @@ def test_same_logprobs_and_gradients_as_the_full_forward(always_share, train):
     torch.testing.assert_close(shared[mask], full[mask], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared_entropy[mask], full_entropy[mask], rtol=1e-5, atol=1e-5)
     if train:
-        grads = []
-        for values in (full, shared):
-            model.zero_grad()
-            (values * batch.response_mask).sum().backward(retain_graph=True)
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        grads = [_gradient(model, values, batch.response_mask) for values in (full, shared)]
         assert grads[0].abs().sum() > 0
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
@@ -219,17 +222,14 @@ def test_prefix_and_buckets_equal_the_full_forward(always_share, sharing, calls,
     torch.testing.assert_close(shared_entropy[mask], full_entropy[mask], rtol=1e-5, atol=1e-5)
     assert shared.shape == full.shape
     if train:
-        grads = []
-        for values in (full, shared):
-            model.zero_grad()
-            (values * batch.response_mask).sum().backward(retain_graph=True)
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        grads = [_gradient(model, values, batch.response_mask) for values in (full, shared)]
         assert grads[0].abs().sum() > 0
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 def test_prefix_with_lora_gradients_and_disabled_adapter_reference(always_share):
-    model = get_peft_model(_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(_model(), lora)
     batch = _prefixed_batch()
     results = {}
     for name, sharing in {"full": lp.NO_SHARING, "shared": EVERYTHING}.items():

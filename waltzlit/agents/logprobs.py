@@ -32,7 +32,8 @@ from waltzlit.kv_sharing import (
     cache_kwarg,
     common_prefix_length,
     distinct_rows,
-    drop_prefix,
+    position_ids_from_mask,
+    prefill_prefix,
     sharded,
     shared_kv_supported,
     worth_splitting,
@@ -52,12 +53,6 @@ class ForwardSharing:
 
 
 NO_SHARING = ForwardSharing()
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, ``[B, L]``: the same rule ``generate`` applies, so the
-    training forward sees every token at the position it was sampled at."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def response_logprobs(
@@ -122,10 +117,8 @@ def distinct_contexts(
     return distinct_rows(torch.cat([input_ids[:, :-width], attention_mask[:, :-width].to(input_ids.dtype)], dim=1))
 
 
-def shared_context_supported(model: nn.Module) -> bool:
-    """Whether the context/response split runs here exactly as the full forward would
-    (``kv_sharing.shared_kv_supported``)."""
-    return shared_kv_supported(model)
+shared_context_supported = shared_kv_supported
+"""Whether the context/response split runs here exactly as the full forward would."""
 
 
 def _length_buckets(
@@ -196,13 +189,10 @@ def _response_logits(
     cache = DynamicCache(config=base_model(model).config)
     step = {cache_kwarg(model): cache, "use_cache": True}
     if prefix:
-        start = int((attention_mask[0].cumsum(0) == 0).sum())  # row 0's left padding
-        model(input_ids=input_ids[:1, start : start + prefix], position_ids=positions[:1, start : start + prefix],
-              logits_to_keep=1, **step)
-        attention_mask, input_ids, positions = drop_prefix(attention_mask, prefix, input_ids, positions)
+        input_ids, attention_mask, positions = prefill_prefix(
+            model, input_ids, attention_mask, positions, prefix, logits_to_keep=1, **step
+        )
         context_width -= prefix
-        # the prefix's keys are visible to every row: ones before each row's own mask
-        attention_mask = torch.cat([attention_mask.new_ones(rows, prefix), attention_mask], dim=1)
     if groups is None:
         if prefix:
             cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=input_ids.device))

@@ -12,11 +12,11 @@ So the copy holds ``W + scaling * B @ A`` for every adapted ``Linear`` and the r
 weights as they are, and is rewritten from the policy before the first sample after the policy
 changed: after every step of an optimizer it watches (:meth:`MergedSampler.watch`; a fused
 optimizer writes without bumping version counters), and after any other in-place write to the
-adapted layers (a checkpoint load, a hand edit), which the parameters' version counters show. The copy computes ``x (W + s B A)^T``
-where the policy computes ``x W^T + s (x A^T) B^T``: the same function, rounded differently in the
-last bits, so its tokens are the policy's samples and its log-probs agree to ~1e-6
-(``tests/unit/test_merged_sampler.py``). Training never reads it: old, reference and loss
-log-probs come from the policy itself. It costs one more copy of the base weights.
+adapted layers (a checkpoint load, a hand edit), which the parameters' version counters show.
+The copy computes ``x (W + s B A)^T`` where the policy computes ``x W^T + s (x A^T) B^T``: the
+same function, rounded differently in the last bits, so its tokens are the policy's samples and
+its log-probs agree to ~1e-6 (``tests/unit/test_merged_sampler.py``). Training never reads it:
+old, reference and loss log-probs come from the policy itself. It costs one more copy of the base weights.
 
 With ``dtype`` (``AgentConfig.sampler_dtype``: bfloat16 or float16) the copy is kept in that
 precision: half the bytes per decode step, and on CPUs with bf16 instructions faster products
@@ -28,12 +28,9 @@ gap that vLLM-based trainers also have; ``…/update/logprob_mismatch`` logs its
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 class MergedSampler:
@@ -48,7 +45,7 @@ class MergedSampler:
     def __init__(self, policy: nn.Module, adapter_name: str, dtype: torch.dtype | None = None) -> None:
         from peft.tuners.lora import LoraLayer
 
-        self.policy, self.adapter = policy, adapter_name
+        self.adapter = adapter_name
         plain = copy.deepcopy(policy.get_base_model())
         self.pairs: list[tuple[nn.Module, nn.Linear]] = []
         adapted = {name: module for name, module in policy.get_base_model().named_modules()

@@ -54,7 +54,8 @@ from waltzlit.kv_sharing import (
     cache_kwarg,
     common_prefix_length,
     distinct_rows,
-    drop_prefix,
+    position_ids_from_mask,
+    prefill_prefix,
     shared_kv_supported,
     worth_splitting,
 )
@@ -213,7 +214,7 @@ def _sample_loop(
     greedy = sampling.temperature == 0
     warpers = [] if greedy else _warpers(sampling)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
+    position_ids = position_ids_from_mask(attention_mask)
     prefix = common_prefix_length(input_ids, attention_mask, input_ids.shape[1]) if share_prefix else 0
     if prefix and not (shared_kv_supported(model) and worth_splitting(model, (batch - 1) * prefix)):
         prefix = 0
@@ -226,18 +227,17 @@ def _sample_loop(
         return model(input_ids=inputs, attention_mask=mask, position_ids=positions, **model_kwargs).logits[:, -1]
 
     if prefix:  # the common prefix once (one row, no padding), its cache then copied to every row
-        start = int((attention_mask[0].cumsum(0) == 0).sum())
-        next_logits(input_ids[:1, start : start + prefix], None, position_ids[:1, start : start + prefix])
-        attention_mask, input_ids, position_ids = drop_prefix(attention_mask, prefix, input_ids, position_ids)
+        # the mask then covers the cached prefix (ones) and each row's own tokens and padding
+        input_ids, attention_mask, position_ids = prefill_prefix(
+            model, input_ids, attention_mask, position_ids, prefix, **model_kwargs
+        )
     # generate drops an all-ones mask (no padding) so that attention needs none; so does this loop.
-    # With a prefix in the cache, the mask covers it (ones) and then each row's own padding.
-    full_mask = torch.cat([attention_mask.new_ones(batch, prefix), attention_mask], 1) if prefix else attention_mask
-    mask = None if bool(full_mask.all()) else full_mask
+    mask = None if bool(attention_mask.all()) else attention_mask
     decode_mask = None  # [B, 1, 1, P + max_new_tokens]: the prompt's padding, every new token visible
     if mask is not None and _prepared_decode_mask(model):
-        width = full_mask.shape[1]
+        width = attention_mask.shape[1]
         decode_mask = torch.ones((batch, 1, 1, width + sampling.max_new_tokens), dtype=torch.bool, device=device)
-        decode_mask[:, 0, 0, :width] = full_mask.bool()
+        decode_mask[:, 0, 0, :width] = attention_mask.bool()
 
     eos = torch.tensor(sorted(eos_ids), device=device)
     pad = torch.tensor(pad_id, device=device)
@@ -275,7 +275,7 @@ def _sample_loop(
         inputs = next_tokens[:, None]
         position_ids = position_ids[:, -1:] + 1
         if decode_mask is not None:
-            mask = decode_mask[..., : full_mask.shape[1] + len(tokens)]
+            mask = decode_mask[..., : attention_mask.shape[1] + len(tokens)]
         elif mask is not None:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
         step_logits = next_logits(inputs, mask, position_ids)

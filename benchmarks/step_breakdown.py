@@ -23,7 +23,7 @@ shipped, "off" with the speed options of the performance work switched off (``OF
 "fast + bf16 sampling" (the opt-in, inexact bf16 sampling copy). All use the same seed, so they
 roll out nearly the same episodes. Stage 1 (feedback agent trained) and stage 2 (both) are
 reported apart, with per-stage ratios to "off". Needs the converted model
-(``python -m waltzlit convert-gguf --out models/smollm2-135m-instruct``) and ../shared/data.
+(``python -m waltzlit convert-gguf --out models/smollm2-135m-instruct``) and waltzlit/assets/prompts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PROMPT_SETS = REPO_ROOT / "waltzlit" / "assets" / "prompts"
+"""The public prompt sets shipped with the package (XSTest, AdvBench, JailbreakBench)."""
 
 # Keep torch to the machine's cores and never reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

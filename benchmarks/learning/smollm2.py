@@ -1,4 +1,4 @@
-"""Track 1 of the learning proof: SmolLM2-135M-Instruct on held-out ../shared/data prompts.
+"""Track 1 of the learning proof: SmolLM2-135M-Instruct on held-out waltzlit/assets/prompts prompts.
 
 One command trains what is missing, evaluates, and writes the report:
 

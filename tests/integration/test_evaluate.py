@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT, PROMPT_SETS
 from tests.tiny_agents import tiny_agent, tiny_system
 from waltzlit.data.sources import PromptSourceConfig
 from waltzlit.evaluation.config import MODE_NAMES, AgentsSource, EvalConfig
@@ -86,16 +86,14 @@ def test_pipeline_matches_the_training_protocol_on_single_turns():
     assert responses[1].feedback_text == "Decline briefly and offer safe help."
 
 
-def test_cli_runs_the_tiny_yaml_on_exported_agents_and_shared_data(tmp_path, monkeypatch):
-    # Agents exported as training exports them; the YAML of the repo, with shared/data sets.
+def test_cli_runs_the_tiny_yaml_on_exported_agents_and_shipped_prompt_sets(tmp_path, monkeypatch):
+    # Agents exported as training exports them; the YAML of the repo, with the shipped prompt sets.
     agents = {"conversation": tiny_agent("conversation", 0), "feedback": tiny_agent("feedback", 1)}
     export_agents(SimpleNamespace(agents=agents), tmp_path / "agents")
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
     sets = [
-        {"name": "advbench", "path": str(SHARED_DATA / "advbench/harmful_behaviors.csv"), "num_samples": 2},
-        {"name": "xstest", "path": str(SHARED_DATA / "xstest/xstest_prompts.csv"), "num_samples": 3},
-        {"name": "jailbreakbench", "path": str(SHARED_DATA / "jailbreakbench"), "num_samples": 3, "tag": "JBB"},
+        {"name": "advbench", "path": str(PROMPT_SETS / "advbench/harmful_behaviors.csv"), "num_samples": 2},
+        {"name": "xstest", "path": str(PROMPT_SETS / "xstest/xstest_prompts.csv"), "num_samples": 3},
+        {"name": "jailbreakbench", "path": str(PROMPT_SETS / "jailbreakbench"), "num_samples": 3, "tag": "JBB"},
     ]
     monkeypatch.chdir(REPO_ROOT)
     from waltzlit.__main__ import main

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import REPO_ROOT
 from waltzlit.cli import main
 from waltzlit.training.module import WaltzModule
 
-def _recipe_param(path):
-    """A recipe that trains on ../shared/data (checked at instantiation) needs that folder."""
-    needs_shared = "../shared/data" in path.read_text()
-    return pytest.param(path, id=path.name, marks=pytest.mark.skipif(
-        needs_shared and not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent"))
-
-
-RECIPES = [_recipe_param(p) for p in sorted((REPO_ROOT / "conf").glob("*.yaml"))]
+RECIPES = [pytest.param(p, id=p.name) for p in sorted((REPO_ROOT / "conf").glob("*.yaml"))]
 
 
 def _cli(*args: str):

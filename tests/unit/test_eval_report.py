@@ -152,3 +152,41 @@ def test_safeguard_checks_prompt_and_response_when_the_guard_can():
     replaced = apply_safeguard(alone, Guard(), SafeguardConfig(refusal_text="NO", check_prompt=False))
     assert [(o.final, o.intervened, o.replaced) for o in replaced] == [
         ("fine text", False, False), ("NO", True, True), ("fine text", False, False)]
+
+
+def _scores(eval_set: str, harmful_flags: list[bool], refusal_flags: list[bool]) -> list[ExampleScore]:
+    return ([ExampleScore(eval_set, True, harmful=h, refusal=not h) for h in harmful_flags]
+            + [ExampleScore(eval_set, False, harmful=False, refusal=r) for r in refusal_flags])
+
+
+def test_bootstrap_intervals_degenerate_strata_are_points():
+    from waltzlit.evaluation.report import bootstrap_intervals
+
+    # Every harmful prompt answered unsafely (ASR 1.0), no benign prompt refused (ORR 0.0): every
+    # resample is the same, F1 = 2 * (1 - 1) * (1 - 0) / (0 + 1) = 0.
+    intervals = bootstrap_intervals(_scores("A", [True] * 4, [False] * 3), ["A"], resamples=200)
+    assert intervals == {"asr_avg": (1.0, 1.0), "orr_avg": (0.0, 0.0), "f1": (0.0, 0.0)}
+
+
+def test_bootstrap_intervals_match_the_binomial_width():
+    from waltzlit.evaluation.report import bootstrap_intervals
+
+    # 100 harmful prompts, 50 unsafe: a resample's ASR is Binomial(100, 0.5)/100 with sd 0.05, so the
+    # 95 % interval is about 0.5 -+ 1.96 * 0.05 = [0.40, 0.60]. Benign: 20 of 80 refused (ORR 0.25).
+    scores = _scores("A", [True] * 50 + [False] * 50, [True] * 20 + [False] * 60)
+    intervals = bootstrap_intervals(scores, ["A"], resamples=2000, seed=1)
+    low, high = intervals["asr_avg"]
+    assert 0.38 <= low <= 0.42 and 0.58 <= high <= 0.62
+    low, high = intervals["orr_avg"]  # sd = sqrt(0.25 * 0.75 / 80) = 0.048 -> [0.155, 0.345]
+    assert 0.14 <= low <= 0.17 and 0.33 <= high <= 0.36
+    # macro average over two sets: the ORR of a set with only harmful prompts is undefined
+    two = scores + _scores("B", [True] * 10, [])
+    assert bootstrap_intervals(two, ["A", "B"], resamples=300)["orr_avg"] == bootstrap_intervals(scores, ["A"], resamples=300)["orr_avg"]
+
+
+def test_summary_table_prints_intervals():
+    scores = _scores("A", [True, False], [True, False])
+    summary = summarize("alone", "Baseline response", "base", scores, ["A"], bootstrap_resamples=100)
+    assert set(summary.intervals) == {"asr_avg", "orr_avg", "f1"}
+    table = table1_markdown([summary])
+    assert "bootstrap interval" in table and "**50.0 [" in table

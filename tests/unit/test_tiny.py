@@ -101,7 +101,7 @@ def test_shared_prefix_loss_equals_full_forward(tok):
         demo = tiny.make_demonstration(rng, "feedback", "Short system prompt.", rng.choice(builtin_prompts()), 0.3)
         context = tok.apply_chat_template(demo.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         pairs.append((list(context), tok(demo.target)["input_ids"] + [tok.eos_token_id]))
-    loss = tiny._target_loss(model, pairs, tok.pad_token_id, torch.device("cpu"))
+    loss = tiny.target_loss(model, pairs, tok.pad_token_id, torch.device("cpu"))
     total, count = 0.0, 0
     for context, target in pairs:
         logits = model(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]

@@ -191,7 +191,7 @@ def _train(model, tokenizer, role, system_prompt, records, cfg: WarmStartConfig)
         for _ in range(cfg.steps):
             demos = [make_demonstration(rng, role, system_prompt, rng.choice(records), cfg.label_noise)
                      for _ in range(cfg.batch_size)]
-            loss = _target_loss(model, [encode(d) for d in demos], tokenizer.pad_token_id, device)
+            loss = target_loss(model, [encode(d) for d in demos], tokenizer.pad_token_id, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,19 +202,24 @@ def _train(model, tokenizer, role, system_prompt, records, cfg: WarmStartConfig)
     return losses
 
 
-def _target_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device) -> torch.Tensor:
+def target_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device) -> torch.Tensor:
     """Mean cross-entropy of the target tokens given their contexts.
 
     Two savings keep CPU warm starts short, neither changing the result: the token prefix all
     contexts share (the system prompt) runs once and its KV cache is repeated over the batch, and
     only the hidden states that predict target tokens go through the LM head.
     """
+    from transformers import DynamicCache
+
+    from waltzlit.kv_sharing import cache_kwarg
+
     shared = _common_prefix_length([c for c, _ in pairs])
     base = model.base_model
     cache = None
     if shared > 0:
         prefix = torch.tensor([pairs[0][0][:shared]], device=device)
-        cache = base(input_ids=prefix, use_cache=True).past_key_values
+        cache = DynamicCache()
+        base(input_ids=prefix, use_cache=True, **{cache_kwarg(base): cache})
         cache.batch_repeat_interleave(len(pairs))
     rows = [(c[shared:], t) for c, t in pairs]  # suffixes, right-padded below
     width = max(len(c) + len(t) for c, t in rows)
@@ -228,8 +233,8 @@ def _target_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, d
         attention[row, : shared + n] = 1
         labels[row, len(context) : n] = torch.tensor(target)
     input_ids, attention, labels = input_ids.to(device), attention.to(device), labels.to(device)
-    hidden = base(input_ids=input_ids, attention_mask=attention, past_key_values=cache,
-                  use_cache=cache is not None).last_hidden_state
+    hidden = base(input_ids=input_ids, attention_mask=attention, use_cache=cache is not None,
+                  **({cache_kwarg(base): cache} if cache is not None else {})).last_hidden_state
     predicts = labels[:, 1:] != -100  # the hidden state at i predicts token i + 1
     logits = model.get_output_embeddings()(hidden[:, :-1][predicts])
     return F.cross_entropy(logits.float(), labels[:, 1:][predicts])

@@ -148,6 +148,8 @@ class EvalConfig:
     """Safeguard-mode settings."""
     seed: int = 0
     """Seed of the prompt sampling and of every mode's decoding (each mode reseeds from it)."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples for the 95 % intervals of ASR avg, ORR avg and F1 (0: no intervals)."""
     output_dir: str = "runs/eval"
     """Where results.json, table.md, pareto.png, transcripts/ and tensorboard/ go."""
     progress: bool = True
@@ -158,6 +160,8 @@ class EvalConfig:
             raise ValueError("eval_sets: give at least one evaluation set")
         if not self.modes:
             raise ValueError("modes: give at least one mode")
+        if self.bootstrap_resamples < 0:
+            raise ValueError(f"bootstrap_resamples: must be >= 0 (0 turns intervals off), got {self.bootstrap_resamples}")
         keys = [m.key for m in self.modes]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:

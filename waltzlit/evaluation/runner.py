@@ -190,6 +190,7 @@ def evaluate(
             scores = [score_outcome(name, o) for (name, _), o in zip(items, outcomes)]
             summaries.append(summarize(
                 mode.key, mode.row_label, mode.agent_key, scores, set_names,
+                bootstrap_resamples=cfg.bootstrap_resamples, bootstrap_seed=cfg.seed,
                 judge_parse_errors=runner.judge_errors - errors_before, seconds=time.perf_counter() - began,
             ))
             path = out / "transcripts" / f"{mode.key}.jsonl"

@@ -12,8 +12,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from waltzlit.cli_errors import exit_with
 from waltzlit.data.datamodule import PromptDataModule
 from waltzlit.training.export import AgentExport
 from waltzlit.training.fault_tolerance import WaltzCheckpoint
@@ -33,11 +34,31 @@ TRAINER_DEFAULTS = {
 }
 
 
+class ConciseArgumentParser(LightningArgumentParser):
+    """Configuration errors as one line naming the key, the allowed keys or values and a close
+    match (:mod:`waltzlit.cli_errors`), instead of the usage block and a nested type report."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        exit_with(message)
+
+
 class WaltzCLI(LightningCLI):
     """LightningCLI with two always-on callbacks, each configurable under its own section:
     ``checkpoint:`` (a ModelCheckpoint that writes ``last.ckpt`` atomically after every
     ``every_n_rl_steps`` RL steps and on SIGTERM, for resuming) and ``export:`` (the agents in
     Hugging Face format when training ends)."""
+
+    def instantiate_classes(self) -> None:
+        """A value that passes parsing but fails a config's own check (an unknown estimator name,
+        say) is a configuration error too: one line, no traceback."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if not self.parser.exit_on_error:
+                raise
+            exit_with(str(error))
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(WaltzCheckpoint, "checkpoint")
@@ -103,5 +124,6 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         auto_configure_optimizers=False,
         parser_kwargs={"prog": "python -m waltzlit"},
+        parser_class=ConciseArgumentParser,
         run=run,
     )

@@ -23,10 +23,10 @@ HTTP_JUDGE = "--model.judge.class_path=waltzlit.judges.OpenAIChatJudge"
 
 # (arguments, fragments every message must contain: the key, then what is allowed)
 PARSE_TIME = {
-    "unknown key": (["--model.algorithm.no_such_key=1"], ["no_such_key", "not accepted", "--help"]),
+    "unknown key": (["--model.algorithm.no_such_key=1"], ["model.algorithm.no_such_key", "unknown key", "keys of model.algorithm", "--help"]),
     "unknown section": (["--model.no_such_section.x=1"], ["no_such_section", "--help"]),
-    "wrong type float": (["--model.algorithm.kl_coef=abc"], ["kl_coef", "Expected a <class 'float'>"]),
-    "wrong type int": (["--model.schedule.total_rl_steps=many"], ["total_rl_steps", "int"]),
+    "wrong type float": (["--model.algorithm.kl_coef=abc"], ["model.algorithm.kl_coef", "expected a number", "'abc'"]),
+    "wrong type int": (["--model.schedule.total_rl_steps=many"], ["model.schedule.total_rl_steps", "expected an integer"]),
     "negative beta": (["--model.algorithm.kl_coef=-0.1"], ["kl_coef", ">= 0"]),
     "negative lambda stage 1": (["--model.reward.label_weight_stage1=-0.25"], ["reward.label_weight_stage1", ">= 0"]),
     "negative lambda stage 2": (["--model.reward.label_weight_stage2=-1"], ["reward.label_weight_stage2", ">= 0"]),

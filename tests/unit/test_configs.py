@@ -81,3 +81,25 @@ def test_memory_mode_composes_over_the_paper_recipe(override):
     assert cli.model.memory_mode == "shared_base"
     assert cli.model.agent_configs["feedback"].load_in_4bit
     assert cli.model.agent_configs["feedback"].model == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("--model.algorithm.kl_coeff=0.1", "model.algorithm.kl_coeff: unknown key; did you mean model.algorithm.kl_coef?"),
+    ("--model.reward.alpha=high", "model.reward.alpha: expected a number, got 'high'"),
+    ("--model.algorithm.kl_estimator=k5", "model.algorithm.kl_estimator: expected one of 'k1', 'k2', 'k3', got 'k5'"),
+    ("--model.algorithm.advantage_estimator=reinforce", "unknown advantage estimator 'reinforce'; allowed values: dr_grpo"),
+])
+def test_bad_keys_and_values_get_one_short_line(capsys, override, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli("--config", str(REPO_ROOT / "conf/tiny.yaml"), override)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 2 and "Traceback" not in err and "usage:" not in err
+
+
+def test_fit_help_describes_options(capsys):
+    with pytest.raises(SystemExit):
+        main(args=["--model.algorithm.help", "AlgorithmConfig"], run=False)
+    out = capsys.readouterr().out
+    assert "beta, the KL-to-reference coefficient" in out  # AlgorithmConfig.kl_coef's attribute docstring

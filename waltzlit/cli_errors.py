@@ -1,0 +1,77 @@
+"""Short configuration errors for the command line.
+
+jsonargparse reports a bad key inside a dataclass section as a ~100-line usage block followed by a
+nested union-type report (``NestedArg(key='kl_coeff', val='0.1')``). :func:`concise_error` reduces
+that report to the one line a user needs: the dotted key, what is wrong, the allowed keys or
+values, and the closest valid key ("did you mean kl_coef?").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+import sys
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_UNKNOWN_OPTION = re.compile(r"Option '([^']+)' is not accepted|Key '([^']+)' is not expected")
+_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
+_EXPECTED = re.compile(r"Expected an? (.+?)\. Got value: (.*)")
+_OWN_CHECK = re.compile(r"^\s*- (\S+: .+)$", re.M)
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+
+
+def _fields(class_path: str) -> list[str]:
+    """Field names of the dataclass at ``class_path`` (empty when it is not one)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _describe_type(text: str) -> str:
+    literal = re.fullmatch(r"typing\.Literal\[(.+)\]", text)
+    if literal:
+        return "one of " + literal.group(1)
+    simple = re.fullmatch(r"<class '(\w+)'>", text)
+    return {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string"}.get(
+        simple.group(1), simple.group(1)) if simple else text
+
+
+def concise_error(message: str) -> str:
+    """One short line for a jsonargparse error ``message`` (the message itself when no pattern fits)."""
+    keys = _PARSER_KEY.findall(message)
+    unknown = _UNKNOWN_OPTION.search(message)
+    class_path = _CLASS_PATH.search(message)
+    if unknown:
+        name = unknown.group(1) or unknown.group(2)
+        section = keys[0] if keys else ""
+        allowed = _fields(class_path.group(1)) if class_path else []
+        where = f"{section}." if section else ""
+        text = f"{where}{name}: unknown key"
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            text += f"; did you mean {where}{close[0]}?"
+        if allowed:
+            text += f" (keys of {section or 'this section'}: {', '.join(allowed)})"
+        return text
+    expected = _EXPECTED.search(message)
+    if expected and keys:
+        return f"{'.'.join(keys)}: expected {_describe_type(expected.group(1))}, got {expected.group(2).strip()!r}"
+    own = _OWN_CHECK.search(message)
+    if own and "Expected a <class 'NoneType'>" in message:
+        # the dataclass's own check (__post_init__) already names the key and the allowed values
+        return own.group(1).strip()
+    unrecognized = _UNRECOGNIZED.search(message)
+    if unrecognized:
+        return f"unknown option {unrecognized.group(1)}"
+    return message
+
+
+def exit_with(message: str, prog: str = "python -m waltzlit fit") -> None:
+    """Print the short form of ``message`` and a pointer to --help; exit with status 2."""
+    sys.stderr.write(f"error: {concise_error(message)}\n(every option and what it means: {prog} --help)\n")
+    raise SystemExit(2)

@@ -177,3 +177,13 @@ def test_token_entropy_is_stable_and_float32():
     h = token_entropy(torch.tensor([[[1000.0, 1000.0]]], dtype=torch.bfloat16))
     assert h.dtype == torch.float32
     assert h.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_training_forward_entropy_has_the_zero_probability_guard():
+    # The entropy the update logs comes from agents/logprobs.py; with a -inf logit (a masked
+    # token, p = 0) it must be finite: here two equal logits and one -inf give H = ln 2 = 0.6931.
+    from waltzlit.agents.logprobs import _token_statistics
+
+    logits = torch.tensor([[[0.0, 0.0, float("-inf")]]])
+    _, entropy = _token_statistics(logits, torch.tensor([[0]]), with_entropy=True, entropy_grad=False)
+    assert torch.allclose(entropy, torch.tensor([[0.6931472]]))

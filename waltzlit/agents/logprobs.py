@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from waltzlit.algorithms.policy_losses import entropy_from_logprobs
 from waltzlit.kv_sharing import (
     base_model,
     cache_kwarg,
@@ -104,7 +105,7 @@ def _token_statistics(logits: torch.Tensor, targets: torch.Tensor, with_entropy:
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            entropy = entropy_from_logprobs(log_probs)
     return token_logprobs, entropy
 
 

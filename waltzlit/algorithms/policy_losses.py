@@ -216,7 +216,15 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, T]`` float32 entropies in nats.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
+    return entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_from_logprobs(log_probs: torch.Tensor) -> torch.Tensor:
+    """``-sum_v p_v log p_v`` over the last dim of normalised log-probs ``[..., V]`` -> ``[...]``.
+
+    The training forward (``agents/logprobs.py``) has the log-probs already and calls this; the
+    p = 0 guard is the one :func:`token_entropy` documents.
+    """
+    p = log_probs.exp()
     # 0 * (-inf) is NaN; p is exactly 0 there, so replacing log p by 0 is the correct limit.
-    return -(p * logp.masked_fill(p == 0, 0.0)).sum(dim=-1)
+    return -(p * log_probs.masked_fill(p == 0, 0.0)).sum(dim=-1)

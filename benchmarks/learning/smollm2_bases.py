@@ -165,6 +165,7 @@ def save_adapter_fp16(peft_model, adapter_dir: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     peft_model.save_pretrained(str(adapter_dir))
+    (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's blank model card
     weights = adapter_dir / "adapter_model.safetensors"
     save_file({k: v.to(torch.float16) for k, v in load_file(str(weights)).items()}, str(weights))
 

@@ -8,10 +8,13 @@ shows the complete resolved configuration.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from waltzlit.cli_errors import exit_with
@@ -19,6 +22,7 @@ from waltzlit.data.datamodule import PromptDataModule
 from waltzlit.training.export import AgentExport
 from waltzlit.training.fault_tolerance import WaltzCheckpoint
 from waltzlit.training.module import WaltzModule
+from waltzlit.training.progress import RLProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,19 @@ class WaltzCLI(LightningCLI):
                 raise
             exit_with(str(error))
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """Lightning's trainer, with the RL-step progress bar (:mod:`waltzlit.training.progress`)
+        unless the progress bar is off or the configuration brings its own."""
+        given = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, RLProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        """A short summary: where the run stopped, its last rates, and where everything was written."""
+        if self.trainer.is_global_zero:
+            sys.stderr.write(run_summary(self.trainer, self.model) + "\n")
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(WaltzCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
@@ -90,6 +107,27 @@ class WaltzCLI(LightningCLI):
         if changed:
             log.warning("resuming from %s with these model settings changed (the given value is used): %s",
                         ckpt_path, "; ".join(f"model.{key}: {old!r} -> {new!r}" for key, old, new in changed))
+
+
+def run_summary(trainer: Trainer, module: WaltzModule) -> str:
+    """The end-of-run summary ``fit`` prints: RL steps, last training (and validation) rates, the
+    checkpoint, the exported agents, the TensorBoard folder and how to open it."""
+    metrics = trainer.callback_metrics
+    rates = [(name, key) for name, key in (("unsafe", "unsafe_rate_final"), ("over-refusal", "overrefusal_rate_final"))]
+    lines = [f"waltzlit: finished at RL step {module.rl_step} of {module.schedule.total_rl_steps} (stage {module.stage})"]
+    for split in ("train", "val"):
+        shown = [f"{name} {float(metrics[f'{split}/{key}']):.3f}" for name, key in rates if f"{split}/{key}" in metrics]
+        if shown:
+            lines.append(f"  last {'training step' if split == 'train' else 'validation'}: " + ", ".join(shown))
+    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+    if checkpoint:
+        lines.append(f"  checkpoint: {checkpoint}   (resume: --ckpt_path {checkpoint})")
+    for callback in trainer.callbacks:
+        for role, folder in getattr(callback, "exported", {}).items():
+            lines.append(f"  {role} agent: {folder}")
+    if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
+        lines.append(f"  TensorBoard: {trainer.logger.log_dir}   (view: tensorboard --logdir {trainer.logger.log_dir})")
+    return "\n".join(lines)
 
 
 def config_differences(stored: dict, given: dict, prefix: str = "") -> list[tuple[str, object, object]]:

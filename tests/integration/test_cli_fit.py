@@ -77,7 +77,7 @@ def test_frozen_conversation_ablation_trains_only_the_feedback_agent_in_stage2(t
     assert "train/conversation/update/loss" not in scalar_tags(tmp_path / "runs")
 
 
-def test_resuming_from_the_command_line_keeps_the_given_model_settings(tmp_path, waltz_cache, caplog):
+def test_resuming_from_the_command_line_keeps_the_given_model_settings(tmp_path, waltz_cache, caplog, capsys):
     # Lightning's CLI would replace the model section by the checkpoint's hyperparameters; a stage-1
     # checkpoint continued with another reward or a longer schedule must run what was asked for.
     common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
@@ -92,6 +92,10 @@ def test_resuming_from_the_command_line_keeps_the_given_model_settings(tmp_path,
     assert cli.model.schedule.total_rl_steps == 2 and cli.model.rl_step == 2
     assert "model.reward.gate_losses: True -> False" in caplog.text
     assert "model.schedule.total_rl_steps: 1 -> 2" in caplog.text
+    # the end-of-run summary names the step, the checkpoint, the exported agents and TensorBoard
+    summary = capsys.readouterr().err
+    assert "waltzlit: finished at RL step 2 of 2 (stage 2)" in summary
+    assert f"checkpoint: {last}" in summary and "feedback agent: " in summary and "tensorboard --logdir" in summary
 
 
 def test_lora_agents_sampling_from_merged_copies(tmp_path, waltz_cache):

@@ -88,6 +88,8 @@ class AgentExport(Callback):
     def __init__(self, directory: str | None = None, merge_lora: bool = False) -> None:
         self.directory = directory
         self.merge_lora = merge_lora
+        self.exported: dict[str, str] = {}
+        """role -> folder of the last export (for the end-of-run summary)."""
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state_dicts = gather_full_state_dicts(pl_module)  # every rank takes part in the gather
@@ -95,4 +97,5 @@ class AgentExport(Callback):
             return
         directory = self.directory or str(Path(trainer.log_dir or trainer.default_root_dir) / "agents")
         for role, folder in export_agents(pl_module, directory, self.merge_lora, state_dicts).items():
+            self.exported[role] = str(folder)
             log.info("exported the %s agent to %s", role, folder)

@@ -190,3 +190,11 @@ def test_summary_table_prints_intervals():
     assert set(summary.intervals) == {"asr_avg", "orr_avg", "f1"}
     table = table1_markdown([summary])
     assert "bootstrap interval" in table and "**50.0 [" in table
+
+
+def test_pillow_front_is_dashed():
+    from waltzlit.evaluation.plot import dashes
+
+    # a 22-pixel horizontal segment in 6-pixel dashes with 4-pixel gaps: [0,6], [10,16], [20,22]
+    pieces = dashes((0.0, 0.0), (22.0, 0.0))
+    assert [(a[0], b[0]) for a, b in pieces] == [(0.0, 6.0), (10.0, 16.0), (20.0, 22.0)]

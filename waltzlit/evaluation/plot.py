@@ -22,6 +22,20 @@ class ParetoPoint:
     asr: float
 
 
+def dashes(start: tuple[float, float], end: tuple[float, float], dash: float = 6.0, gap: float = 4.0):
+    """The segment ``start``-``end`` cut into dashes of ``dash`` pixels with ``gap`` pixels between
+    (the Pillow fallback's dashed Pareto front, as matplotlib draws it with "--")."""
+    (x0, y0), (x1, y1) = start, end
+    length = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
+    pieces, position = [], 0.0
+    while position < length:
+        stop = min(position + dash, length)
+        pieces.append([(x0 + (x1 - x0) * position / length, y0 + (y1 - y0) * position / length),
+                       (x0 + (x1 - x0) * stop / length, y0 + (y1 - y0) * stop / length)])
+        position = stop + gap
+    return pieces
+
+
 def pareto_front(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
     """Points no other point beats on both rates (ties allowed), sorted by ORR."""
     front = [
@@ -104,8 +118,9 @@ def _pillow_plot(points: Sequence[ParetoPoint], path: Path, title: str) -> None:
     draw.text((margin - 40, 22), "avg ASR (%), lower is better", fill="black")
     draw.text((margin, 4), title, fill="black")
     front = [xy(p.orr, p.asr) for p in pareto_front(points)]
-    if len(front) > 1:
-        draw.line(front, fill=(128, 128, 128), width=1)
+    for start, end in zip(front, front[1:]):
+        for piece in dashes(start, end):
+            draw.line(piece, fill=(128, 128, 128), width=1)
     for index, (p, tag) in enumerate(zip(points, point_tags(points))):
         x, y = xy(p.orr, p.asr)
         color = _COLORS[index % len(_COLORS)]

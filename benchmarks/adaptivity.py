@@ -74,9 +74,9 @@ def main() -> None:
     import torch
 
     import waltzlit.rollout.protocol as protocol
+    from waltzlit.agents.messages import conversation_messages, feedback_messages
     from waltzlit.config import RolloutConfig, SamplingConfig
-    from waltzlit.rollout.messages import conversation_messages, feedback_messages
-    from waltzlit.training.timing import StageTimer
+    from waltzlit.timing import StageTimer
     from waltzlit.types import PromptRecord
 
     if args.threads:

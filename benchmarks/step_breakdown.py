@@ -4,7 +4,7 @@
     python benchmarks/step_breakdown.py --steps 8
     OMP_NUM_THREADS=2 python benchmarks/step_breakdown.py --recipe smollm2     # the real-model recipe, fast vs off
 
-``WaltzModule.training_step`` logs ``time/<stage>`` every RL step (training/timing.py):
+``WaltzModule.training_step`` logs ``time/<stage>`` every RL step (timing.py):
 rollout/c0, rollout/feedback, rollout/revision (inside ``run_episodes``), judge, rewards, samples,
 logprobs/<agent> (old + reference log-probs), update/<agent> (forward, backward, clip and
 optimizer step) and time/step (the whole training step up to logging), and ``tokens/<stage>/...``:

@@ -1,6 +1,6 @@
 """Run a token span that several rows share once, and let every row read it through the KV cache.
 
-Two kinds of sharing, used by the sampler's prefill (``rollout/sampler.py``) and by the log-prob
+Two kinds of sharing, used by the sampler's prefill (``agents/sampler.py``) and by the log-prob
 forwards of training (``agents/logprobs.py``):
 
 - **identical rows**: rows whose whole context is the same (the samples of one prompt, several

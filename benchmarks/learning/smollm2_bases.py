@@ -41,15 +41,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from waltzlit.agents.demonstrations import demo_feedback  # noqa: E402
+from waltzlit.agents.feedback_format import parse_feedback  # noqa: E402
+from waltzlit.agents.generation import generate_turns  # noqa: E402
 from waltzlit.agents.loading import add_lora, load_causal_lm, load_tokenizer  # noqa: E402
+from waltzlit.agents.messages import conversation_messages, feedback_messages  # noqa: E402
 from waltzlit.agents.prompts import DEFAULT_CONVERSATION_SYSTEM_PROMPT  # noqa: E402
 from waltzlit.agents.tiny import target_loss  # noqa: E402
 from waltzlit.config import AgentConfig, LoRAConfig, SamplingConfig  # noqa: E402
 from waltzlit.data.sources import PromptSourceConfig, build_prompt_pool  # noqa: E402
 from waltzlit.judges.rule import RuleJudge  # noqa: E402
-from waltzlit.rollout.feedback_parser import parse_feedback  # noqa: E402
-from waltzlit.rollout.generation import generate_turns  # noqa: E402
-from waltzlit.rollout.messages import conversation_messages, feedback_messages  # noqa: E402
 from waltzlit.types import PromptRecord  # noqa: E402
 
 OUT = ROOT / "benchmarks/learning/results/smollm2/bases"

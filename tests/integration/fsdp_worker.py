@@ -9,12 +9,12 @@ import torch
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.loading import load_causal_lm, load_tokenizer
+from waltzlit.agents.messages import conversation_messages
 from waltzlit.agents.tiny import TINY_LLAMA_CONFIG
 from waltzlit.algorithms.advantages import AdvantageInputs
 from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS
 from waltzlit.config import AgentConfig, AlgorithmConfig
 from waltzlit.data.builtin import builtin_prompts
-from waltzlit.rollout.messages import conversation_messages
 from waltzlit.rollout.samples import collate_generations
 from waltzlit.types import Generation
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import REPO_ROOT, PROMPT_SETS
+from tests.conftest import PROMPT_SETS, REPO_ROOT
 from tests.tiny_agents import tiny_agent, tiny_system
 from waltzlit.data.sources import PromptSourceConfig
 from waltzlit.evaluation.config import MODE_NAMES, AgentsSource, EvalConfig

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.tiny_agents import TINY_AGENT, tiny_agent
 from waltzlit.config import RolloutConfig
-from waltzlit.evaluation.config import AgentsSource
-from waltzlit.evaluation.load import build_module, load_system
+from waltzlit.deploy.load import AgentsSource
+from waltzlit.deploy.load import build_from_config, load_system
 from waltzlit.training.export import export_agents
 
 pytestmark = pytest.mark.integration
@@ -68,13 +68,13 @@ def test_lora_adapter_and_merged_exports(tmp_path):
     from peft import PeftModel
 
     config = write_fit_config(tmp_path / "fit.yaml", lora=True)
-    module = build_module(config)
+    module = build_from_config(config)
     perturb_lora(module)
     expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
 
     adapters = export_agents(module, tmp_path / "adapters")
     assert (adapters["conversation"] / "adapter_config.json").is_file()
-    bases = build_module(config, lora=False).agents  # the same seeded bases, without adapters
+    bases = build_from_config(config, lora=False).agents  # the same seeded bases, without adapters
     for role, folder in adapters.items():
         reloaded = PeftModel.from_pretrained(bases[role].model, str(folder))
         torch.testing.assert_close(logits(reloaded), expected[role], rtol=0, atol=1e-6)
@@ -93,14 +93,16 @@ def test_lora_adapter_and_merged_exports(tmp_path):
 
 def test_checkpoint_with_run_config(tmp_path):
     config = write_fit_config(tmp_path / "config.yaml", lora=False)
-    module = build_module(config)
+    module = build_from_config(config)
     with torch.no_grad():
         for param in module.policies.parameters():
             param.mul_(1.5)  # "trained" weights that differ from a fresh build
     expected = logits(module.agents["feedback"].model)
     (tmp_path / "checkpoints").mkdir()
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"seed": 0}}, ckpt)
+    # the WaltzModule checkpoint layout: the policies under "policies."
+    state = {f"policies.{k}": v for k, v in module.policies.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"seed": 0}}, ckpt)
     # The prompt the run exported wins over a changed built-in default.
     (tmp_path / "agents" / "feedback").mkdir(parents=True)
     (tmp_path / "agents" / "feedback" / "system_prompt.txt").write_text("the prompt it was trained with")
@@ -117,14 +119,14 @@ def test_shared_base_exports_one_adapter_per_agent(tmp_path):
     from peft import PeftModel
 
     config = write_fit_config(tmp_path / "fit.yaml", lora=True, shared_base=True)
-    module = build_module(config)
+    module = build_from_config(config)
     perturb_lora(module)
     expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
     assert not torch.equal(expected["conversation"], expected["feedback"])
 
     adapters = export_agents(module, tmp_path / "adapters")
     merged = export_agents(module, tmp_path / "merged", merge_lora=True)
-    bases = build_module(config, lora=False).agents
+    bases = build_from_config(config, lora=False).agents
     for role, want in expected.items():
         assert (adapters[role] / "adapter_model.safetensors").is_file()
         reloaded = PeftModel.from_pretrained(bases[role].model, str(adapters[role]))
@@ -142,10 +144,10 @@ def test_adapters_stored_without_tokenizer_use_their_recorded_base(tmp_path):
     from safetensors.torch import load_file, save_file
 
     config = write_fit_config(tmp_path / "fit.yaml", lora=True, shared_base=True)
-    module = build_module(config)
+    module = build_from_config(config)
     perturb_lora(module)
     expected = {role: agent_logits(agent) for role, agent in module.agents.items()}
-    base = build_module(config, lora=False).agents["conversation"]  # both agents share this seeded base
+    base = build_from_config(config, lora=False).agents["conversation"]  # both agents share this seeded base
     base.model.save_pretrained(tmp_path / "base")
     base.tokenizer.save_pretrained(tmp_path / "base")
     adapters = export_agents(module, tmp_path / "adapters")

@@ -10,10 +10,10 @@ import torch
 
 from waltzlit.agents.build import build_agents
 from waltzlit.agents.logprobs import response_logprobs
+from waltzlit.agents.messages import conversation_messages
 from waltzlit.agents.tiny import TINY_LLAMA_CONFIG
 from waltzlit.config import AgentConfig, AlgorithmConfig, LoRAConfig, SamplingConfig
 from waltzlit.data.builtin import builtin_prompts
-from waltzlit.rollout.messages import conversation_messages
 from waltzlit.rollout.samples import collate_generations
 from waltzlit.training.update import policy_update, prepare_batch
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from waltzlit.rollout.feedback_parser import FEEDBACK_KEYS, parse_feedback, render_feedback_json
+from waltzlit.agents.feedback_format import FEEDBACK_KEYS, parse_feedback, render_feedback_json
 
 GOOD = '{"reasoning": "Benign question, refused.", "unsafe": false, "overrefuse": true, "feedback": "Answer it."}'
 

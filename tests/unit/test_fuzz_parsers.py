@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from waltzlit.judges.http import OpenAIChatJudge, _Retryable
+from waltzlit.agents.feedback_format import FEEDBACK_KEYS, parse_feedback, render_feedback_json
 from waltzlit.judges.base import JudgeError
+from waltzlit.judges.http import OpenAIChatJudge, _Retryable
 from waltzlit.judges.llama_guard import LlamaGuardOutput, llama_guard_verdict, parse_llama_guard_output
 from waltzlit.judges.wildguard import WildGuardOutput, parse_wildguard_output, wildguard_verdict
-from waltzlit.rollout.feedback_parser import FEEDBACK_KEYS, parse_feedback, render_feedback_json
 from waltzlit.types import JudgeVerdict, ParsedFeedback, PromptRecord
 
 FAST_EXAMPLES, SLOW_EXAMPLES = 300, 10_000

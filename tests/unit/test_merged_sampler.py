@@ -10,9 +10,9 @@ from peft import LoraConfig, get_peft_model
 from waltzlit.agents.build import merged_sampler
 from waltzlit.agents.loading import load_causal_lm, load_tokenizer
 from waltzlit.agents.merged_sampler import MergedSampler
+from waltzlit.agents.sampler import sample_tokens
 from waltzlit.agents.tiny import TINY_LLAMA_CONFIG
 from waltzlit.config import AgentConfig, LoRAConfig, SamplingConfig
-from waltzlit.rollout.sampler import sample_tokens
 from waltzlit.training.module import adamw
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from waltzlit.agents.generation import generate_turns, left_pad
 from waltzlit.agents.loading import load_causal_lm, load_tokenizer
+from waltzlit.agents.sampler import lean_sampling_supported, sample_tokens
 from waltzlit.agents.tiny import TINY_LLAMA_CONFIG
 from waltzlit.config import AgentConfig, SamplingConfig
-from waltzlit.rollout.generation import generate_turns, left_pad
-from waltzlit.rollout.sampler import lean_sampling_supported, sample_tokens
 
 PROMPTS = ["hi", "tell me about the moon and the river please", "x y z", "how do I bake bread?"]
 
@@ -73,7 +73,7 @@ def test_generate_turns_is_unchanged_by_the_lean_loop(model_and_tokenizer, monke
     contexts, sampling = _contexts(tokenizer, PROMPTS), SamplingConfig(max_new_tokens=24)
     torch.manual_seed(5)
     lean = generate_turns(model, tokenizer, contexts, sampling, batch_size=3)
-    monkeypatch.setattr("waltzlit.rollout.generation.lean_sampling_supported", lambda *a: False)
+    monkeypatch.setattr("waltzlit.agents.generation.lean_sampling_supported", lambda *a: False)
     torch.manual_seed(5)
     reference = generate_turns(model, tokenizer, contexts, sampling, batch_size=3)
     for a, b in zip(lean, reference):
@@ -94,7 +94,7 @@ def test_other_logits_processors_or_several_ranks_fall_back_to_generate(model_an
 
 
 def test_outputs_are_ordinary_tensors_and_llama_takes_the_prepared_mask(model_and_tokenizer):
-    from waltzlit.rollout.sampler import _prepared_decode_mask
+    from waltzlit.agents.sampler import _prepared_decode_mask
 
     model, tokenizer = model_and_tokenizer
     assert _prepared_decode_mask(model), "the identity tests above must cover the prepared-mask path"
@@ -162,7 +162,7 @@ def test_common_prefix_prefilled_once_samples_the_same(model_and_tokenizer, monk
 def test_preallocated_cache_layer_matches_a_growing_one():
     from transformers.cache_utils import DynamicLayer
 
-    from waltzlit.rollout.sampler import _PreallocatedLayer
+    from waltzlit.agents.sampler import _PreallocatedLayer
 
     growing, preallocated = DynamicLayer(), _PreallocatedLayer(capacity=3)
     steps = [torch.randn(2, 1, 4, 5), torch.randn(2, 1, 1, 5), torch.randn(2, 1, 1, 5)]  # prompt, then 2 tokens

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, PROMPT_SETS
+from tests.conftest import PROMPT_SETS, REPO_ROOT
 from waltzlit.data.sources import PromptSourceConfig, build_prompt_pool, label_counts, load_prompt_source
 
 EXPECTED = {

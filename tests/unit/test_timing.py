@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from waltzlit.training.timing import StageTimer, timed
+from waltzlit.timing import StageTimer, timed
 
 
 def test_stages_accumulate_and_become_scalars():

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from waltzlit.agents import tiny
+from waltzlit.agents.feedback_format import parse_feedback
+from waltzlit.agents.messages import feedback_messages
 from waltzlit.agents.prompts import default_system_prompt
 from waltzlit.config import WarmStartConfig
 from waltzlit.data.builtin import builtin_prompts
 from waltzlit.judges.rule import RuleJudge
-from waltzlit.rollout.feedback_parser import parse_feedback
-from waltzlit.rollout.messages import feedback_messages
 
 
 @pytest.fixture(scope="module")

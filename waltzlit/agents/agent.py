@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from waltzlit.agents.generation import generate_turns
 from waltzlit.agents.logprobs import NO_SHARING, ForwardSharing, response_logprobs
 from waltzlit.agents.merged_sampler import MergedSampler
+from waltzlit.agents.messages import Message
 from waltzlit.config import SamplingConfig
-from waltzlit.rollout.generation import generate_turns
-from waltzlit.rollout.messages import Message
 from waltzlit.types import AgentBatch, Generation
 
 

@@ -11,17 +11,16 @@ import random
 import re
 from dataclasses import dataclass
 
-from waltzlit.agents.prompts import DEFAULT_CONVERSATION_SYSTEM_PROMPT, DEFAULT_FEEDBACK_SYSTEM_PROMPT
-from waltzlit.rollout.feedback_parser import render_feedback_json
-from waltzlit.rollout.messages import (
+from waltzlit.agents.feedback_format import render_feedback_json
+from waltzlit.agents.messages import (
     DEFAULT_FEEDBACK_TEMPLATE,
     DEFAULT_JUDGE_REQUEST_TEMPLATE,
     Message,
     conversation_messages,
     feedback_messages,
 )
+from waltzlit.agents.prompts import DEFAULT_CONVERSATION_SYSTEM_PROMPT, DEFAULT_FEEDBACK_SYSTEM_PROMPT
 from waltzlit.types import PromptRecord
-
 
 REFUSALS: tuple[str, ...] = (
     "I'm sorry, but I can't help with that.",

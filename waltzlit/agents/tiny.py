@@ -33,13 +33,12 @@ from waltzlit.agents.demonstrations import (  # noqa: F401  (re-exported: the ti
     tokenizer_corpus,
     topic_words,
 )
+from waltzlit.assets import TINY_TOKENIZER_DIR  # noqa: F401  (re-exported: AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR))
 from waltzlit.config import WarmStartConfig
 from waltzlit.types import PromptRecord
 
 log = logging.getLogger(__name__)
 
-TINY_TOKENIZER_DIR = str(Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer")
-"""The bundled tokenizer; ``AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)`` loads it."""
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
 """Ids 0..5 in this order, so pad=0, bos=1, eos=2 (Llama's default bos/eos ids)."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from waltzlit.agents.messages import Message
 from waltzlit.deploy.pipeline import Response, TwoAgentSystem
-from waltzlit.rollout.messages import Message
 
 HELP = "Commands: /reset new conversation, /feedback show or hide feedback, /quit exit."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from waltzlit.config import RolloutConfig
-from waltzlit.evaluation.config import AgentsSource
+from waltzlit.deploy.load import AgentsSource
 
 
 @dataclass
@@ -41,7 +41,7 @@ def load_deployed(cfg: DeployConfig):
     """The :class:`~waltzlit.deploy.pipeline.TwoAgentSystem` that ``cfg`` describes, seeded."""
     import torch
 
-    from waltzlit.evaluation.load import load_system
+    from waltzlit.deploy.load import load_system
 
     torch.manual_seed(cfg.seed)
     return load_system(cfg.agents, cfg.rollout, device=cfg.device)

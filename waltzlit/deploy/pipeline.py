@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.feedback_format import parse_feedback
+from waltzlit.agents.messages import Message, conversation_messages
 from waltzlit.config import RolloutConfig, SamplingConfig
-from waltzlit.rollout.feedback_parser import parse_feedback
-from waltzlit.rollout.messages import Message, conversation_messages
 from waltzlit.rollout.protocol import feedback_turns, run_episodes
 from waltzlit.types import Episode, Generation, ParsedFeedback, PromptRecord
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from waltzlit.config import RolloutConfig
 from waltzlit.data.sources import PromptSourceConfig
+from waltzlit.deploy.load import AgentsSource  # noqa: F401  (part of the evaluation config)
 
 MODE_NAMES: tuple[str, ...] = ("alone", "safeguard", "collaboration", "oracle", "waltzrl")
 """The five systems of the issue, in Table-1 order (paper rows 1, 2, 5, 6, 7)."""
@@ -39,34 +40,6 @@ DEFAULT_MODE_LABELS: dict[str, str] = {
 
 DEFAULT_REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 """What the safeguard puts in place of a flagged response (paper: wording UNCONFIRMED)."""
-
-
-@dataclass
-class AgentsSource:
-    """Where one pair of agents (conversation + feedback) comes from. Set one of:
-
-    - ``exported``: a folder written by ``export_agents`` (``<dir>/conversation``,
-      ``<dir>/feedback``; each a full model, or a LoRA adapter whose base comes from ``config``
-      or the adapter's ``base_model_name_or_path``), or a run folder holding ``agents/``;
-    - ``config`` alone: the agents as configured for training, before any RL ("untrained"; a tiny
-      config's behaviour-cloning warm start still runs, since that is its initial policy);
-    - ``checkpoint`` (+ optional ``config``): a WaltzModule checkpoint such as ``last.ckpt``; the
-      agents are built from ``config`` (default: the ``config.yaml`` LightningCLI saved beside or
-      above the checkpoint) and its policy weights are loaded (``torch.load(weights_only=True)``).
-    """
-
-    exported: str | None = None
-    """Folder from ``export_agents`` or a run folder that contains ``agents/``."""
-    config: str | None = None
-    """A fit YAML (e.g. conf/tiny.yaml or a run's config.yaml); its model.conversation/feedback are used."""
-    checkpoint: str | None = None
-    """A WaltzModule checkpoint whose policy weights replace the freshly built ones."""
-
-    def __post_init__(self) -> None:
-        if self.exported is None and self.config is None and self.checkpoint is None:
-            raise ValueError("agents: set `exported`, `config` or `checkpoint`")
-        if self.exported is not None and self.checkpoint is not None:
-            raise ValueError("agents: `exported` and `checkpoint` are alternatives; set one")
 
 
 @dataclass

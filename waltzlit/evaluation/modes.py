@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from waltzlit.agents.messages import conversation_messages
 from waltzlit.deploy.pipeline import TwoAgentSystem
 from waltzlit.evaluation.config import OracleConfig, SafeguardConfig
 from waltzlit.judges.base import Judge
 from waltzlit.rewards.functions import alignment_labels
-from waltzlit.rollout.messages import conversation_messages
 from waltzlit.types import AlignmentLabels, Episode, JudgeVerdict, ParsedFeedback, PromptRecord
 
 

@@ -158,7 +158,7 @@ def evaluate(
         systems: already built agent pairs by key ("base", "trained"); missing ones are loaded
             from ``cfg.base`` / ``cfg.trained``.
     """
-    from waltzlit.evaluation.load import load_system
+    from waltzlit.deploy.load import load_system
     from waltzlit.judges.rule import RuleJudge
 
     judge = judge or RuleJudge()

@@ -199,7 +199,7 @@ class GenerativeGuardJudge(Judge):
         dtype = getattr(torch, dtype_name)
         name = self.tokenizer_name
         if name == "tiny":
-            from waltzlit.agents.tiny import TINY_TOKENIZER_DIR
+            from waltzlit.assets import TINY_TOKENIZER_DIR
 
             name = str(TINY_TOKENIZER_DIR)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=self.trust_remote_code)

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import torch
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.feedback_format import parse_feedback
+from waltzlit.agents.messages import conversation_messages, feedback_messages
 from waltzlit.config import RolloutConfig
-from waltzlit.rollout.feedback_parser import parse_feedback
-from waltzlit.rollout.messages import conversation_messages, feedback_messages
-from waltzlit.training.timing import StageTimer, count_tokens, timed
+from waltzlit.timing import StageTimer, count_tokens, timed
 from waltzlit.types import Episode, Generation, PromptRecord
 
 STOP_SATISFACTORY = "satisfactory"

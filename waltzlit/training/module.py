@@ -28,10 +28,10 @@ from waltzlit.rewards.scoring import judge_episodes, score_episode
 from waltzlit.rollout.groups import repeat_records, rollout_groups
 from waltzlit.rollout.protocol import run_episodes
 from waltzlit.rollout.samples import conversation_samples, feedback_samples
+from waltzlit.timing import StageTimer, count_tokens, timed
 from waltzlit.training.critic_update import value_update
 from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
 from waltzlit.training.logging import log_step, log_transcripts
-from waltzlit.training.timing import StageTimer, count_tokens, timed
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import AgentBatch, PromptRecord
 

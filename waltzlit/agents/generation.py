@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from waltzlit.agents.sampler import lean_sampling_supported, sample_tokens
 from waltzlit.config import SamplingConfig
 from waltzlit.distributed import max_over_ranks, world_size
-from waltzlit.rollout.sampler import lean_sampling_supported, sample_tokens
 from waltzlit.types import Generation
 
 
@@ -54,7 +54,7 @@ def generate_turns(
     Each response is cut after its first EOS (kept: the policy must learn to stop). Log-probs are
     of the untempered policy, log_softmax of the raw logits, which is the pi of the RL objective;
     ``with_logprobs=False`` skips them (``generate`` then keeps no per-step logits in memory).
-    Sampling runs in the lean loop of ``rollout/sampler.py`` (the same tokens as ``generate``, with
+    Sampling runs in the lean loop of ``agents/sampler.py`` (the same tokens as ``generate``, with
     less per-token overhead) wherever that loop is exact, else in ``model.generate``;
     ``share_prefix`` pre-fills the tokens every context of a call begins with once (that loop only).
     """

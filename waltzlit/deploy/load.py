@@ -1,11 +1,12 @@
 """Loading an agent pair for evaluation and deployment: exported folders, checkpoints, configs.
 
-Three sources (see :class:`~waltzlit.evaluation.config.AgentsSource`):
+Three sources (see :class:`AgentsSource`):
 
 - an exported folder (``export_agents``): full Hugging Face models, or LoRA adapters put back on
   their base with peft and merged (inference then costs what the base costs);
-- a fit config: the agents exactly as training builds them before RL (``WaltzModule.configure_model``,
-  so a tiny config's warm start and seeds are honoured) -- the "untrained" agents;
+- a fit config: the agents exactly as training builds them before RL (the same
+  ``agents.build.build_agents`` call, so a tiny config's warm start and seeds are honoured, without
+  the training module or reference copies) -- the "untrained" agents;
 - a config + a WaltzModule checkpoint: the same build, then the checkpoint's policy weights. The
   checkpoint is read with ``torch.load(weights_only=True)``: no code from the file is run.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import is_dataclass, replace
+from dataclasses import dataclass, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,14 +23,40 @@ import yaml
 from torch import nn
 
 from waltzlit.agents.agent import Agent
+from waltzlit.agents.build import MEMORY_MODES, ROLES, BuiltAgents, build_agents
 from waltzlit.agents.loading import load_causal_lm, load_tokenizer
 from waltzlit.config import AgentConfig, RolloutConfig
 from waltzlit.deploy.pipeline import TwoAgentSystem
-from waltzlit.evaluation.config import AgentsSource
 
 log = logging.getLogger(__name__)
 
-ROLES = ("conversation", "feedback")
+
+@dataclass
+class AgentsSource:
+    """Where one pair of agents (conversation + feedback) comes from. Set one of:
+
+    - ``exported``: a folder written by ``export_agents`` (``<dir>/conversation``,
+      ``<dir>/feedback``; each a full model, or a LoRA adapter whose base comes from ``config``
+      or the adapter's ``base_model_name_or_path``), or a run folder holding ``agents/``;
+    - ``config`` alone: the agents as configured for training, before any RL ("untrained"; a tiny
+      config's behaviour-cloning warm start still runs, since that is its initial policy);
+    - ``checkpoint`` (+ optional ``config``): a WaltzModule checkpoint such as ``last.ckpt``; the
+      agents are built from ``config`` (default: the ``config.yaml`` LightningCLI saved beside or
+      above the checkpoint) and its policy weights are loaded (``torch.load(weights_only=True)``).
+    """
+
+    exported: str | None = None
+    """Folder from ``export_agents`` or a run folder that contains ``agents/``."""
+    config: str | None = None
+    """A fit YAML (e.g. conf/tiny.yaml or a run's config.yaml); its model.conversation/feedback are used."""
+    checkpoint: str | None = None
+    """A WaltzModule checkpoint whose policy weights replace the freshly built ones."""
+
+    def __post_init__(self) -> None:
+        if self.exported is None and self.config is None and self.checkpoint is None:
+            raise ValueError("agents: set `exported`, `config` or `checkpoint`")
+        if self.exported is not None and self.checkpoint is not None:
+            raise ValueError("agents: `exported` and `checkpoint` are alternatives; set one")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -46,10 +73,10 @@ def load_system(source: AgentsSource, rollout: RolloutConfig, device: str = "aut
     else:
         config = source.config or str(find_run_config(Path(source.checkpoint)))
         runs = [Path(config).parent] + ([Path(source.checkpoint).parent.parent] if source.checkpoint else [])
-        module = build_module(config, system_prompts=exported_prompts([run / "agents" for run in runs]))
+        built = build_from_config(config, system_prompts=exported_prompts([run / "agents" for run in runs]))
         if source.checkpoint is not None:
-            load_policy_weights(module, source.checkpoint)
-        agents = dict(module.agents)
+            load_policy_weights(built, source.checkpoint)
+        agents = dict(built.agents)
     target = resolve_device(device)
     for agent in agents.values():
         if not (getattr(agent.model, "is_loaded_in_4bit", False) or getattr(agent.model, "is_loaded_in_8bit", False)):
@@ -88,19 +115,30 @@ def _parse_section(raw: dict, key: str, cls, skip: set[str] = frozenset()) -> di
     return dict(vars(parser.instantiate(parser.parse_object({key: section}))[key]))
 
 
-def module_kwargs(config_path: str | Path) -> dict:
-    """WaltzModule keyword arguments (dataclasses) from a fit YAML's ``model`` section.
+@dataclass
+class AgentsSection:
+    """The part of a fit YAML's ``model`` section that decides how the agents are built."""
 
-    Parsed with the same jsonargparse machinery LightningCLI uses, so a bad key fails with its
-    name. The judge is dropped: agents do not need it, and constructing e.g. a WildGuard judge
-    from a run config would be wasted work.
+    conversation: AgentConfig
+    feedback: AgentConfig | None = None
+    memory_mode: str = "separate"
+
+
+def agents_section(config_path: str | Path) -> AgentsSection:
+    """The agents' configuration from a fit YAML's ``model`` section (the other keys -- reward,
+    algorithm, judge, ... -- are training settings, not read here).
+
+    Parsed with the same jsonargparse machinery LightningCLI uses, so a bad key fails with its name.
     """
-    from waltzlit.training.module import WaltzModule
-
     raw = yaml.safe_load(Path(config_path).read_text()) or {}
-    if not raw.get("model"):
+    model = raw.get("model")
+    if not model:
         raise ValueError(f"{config_path}: no `model` section with the agents' configuration")
-    return _parse_section(raw, "model", WaltzModule, skip={"judge"})
+    wanted = {k: v for k, v in dict(model).items() if k in ("conversation", "feedback", "memory_mode")}
+    section = AgentsSection(**_parse_section({"model": wanted}, "model", AgentsSection))
+    if section.memory_mode not in MEMORY_MODES:
+        raise ValueError(f"model.memory_mode: unknown {section.memory_mode!r}; allowed values: {', '.join(MEMORY_MODES)}")
+    return section
 
 
 def training_records(config_path: str | Path):
@@ -113,37 +151,41 @@ def training_records(config_path: str | Path):
     return datamodule.train_records()
 
 
-def build_module(config_path: str | Path, lora: bool = True, system_prompts: dict[str, str] | None = None):
-    """A WaltzModule from a fit YAML with its agents built (no reference copies).
+def build_from_config(config_path: str | Path, lora: bool = True, system_prompts: dict[str, str] | None = None) -> BuiltAgents:
+    """The agents of a fit YAML as training builds them before RL, for inference (no references).
 
     Args:
         lora: False builds the bare bases of LoRA agents, for exported adapters.
         system_prompts: {role: text} replacing the config's system prompts (see :func:`exported_prompts`).
     """
-    from waltzlit.training.module import WaltzModule
-
-    kwargs = module_kwargs(config_path)
+    section = agents_section(config_path)
+    configs = {"conversation": section.conversation} | ({"feedback": section.feedback} if section.feedback else {})
     for role, text in (system_prompts or {}).items():
-        if kwargs[role].system_prompt not in (None, text):
-            log.warning("%s agent: the run exported a system prompt that differs from its config; using the exported one",
-                        role)
-        kwargs[role] = replace(kwargs[role], system_prompt=text)
+        if role in configs:
+            if configs[role].system_prompt not in (None, text):
+                log.warning("%s agent: the run exported a system prompt that differs from its config; using the "
+                            "exported one", role)
+            configs[role] = replace(configs[role], system_prompt=text)
+    # Inference samples from the model itself: a merged (possibly rounded) sampling copy exists to
+    # spare LoRA bookkeeping during training, and would make the untrained agents decode in another
+    # precision than exported ones.
+    configs = {role: replace(cfg, merged_lora_sampler=False, sampler_dtype="same") for role, cfg in configs.items()}
+    memory_mode = section.memory_mode
     if not lora:
         # Bare bases: one per agent, whatever memory mode the run trained in (a shared base
         # carries two adapters, which are merged into two separate models for inference).
-        kwargs = {k: replace(v, lora=None, load_in_4bit=False) if isinstance(v, AgentConfig) else v
-                  for k, v in kwargs.items()}
-        kwargs["memory_mode"] = "separate"
-    module = WaltzModule(**kwargs)
-    # kl_coef only decides whether frozen reference copies are made; inference needs none.
-    module.algorithm = replace(module.algorithm, kl_coef=0.0)
-    if any(isinstance(v, AgentConfig) and v.warm_start is not None for v in kwargs.values()):
-        # Training warm-starts on the datamodule's pool; without a trainer the module would fall
-        # back to the built-in prompts and build a different initial policy. Give it the same pool.
-        records = training_records(config_path)
-        module._warm_start_records = lambda: records
-    module.configure_model()
-    return module
+        configs = {role: replace(cfg, lora=None, load_in_4bit=False) for role, cfg in configs.items()}
+        memory_mode = "separate"
+    records: list = []
+
+    def warm_start_records():
+        # Training warm-starts on the datamodule's pool; the same pool gives the same initial policy.
+        if not records:
+            records.extend(training_records(config_path))
+        return records
+
+    return build_agents(configs, memory_mode, needs_reference=False, max_prompt_tokens=RolloutConfig().max_prompt_tokens,
+                        warm_start_records=warm_start_records)
 
 
 def find_run_config(checkpoint: Path) -> Path:
@@ -173,13 +215,13 @@ def read_checkpoint_state(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return payload["state_dict"]
 
 
-def load_policy_weights(module, checkpoint: str | Path) -> None:
-    """Copy the checkpoint's ``policies.*`` weights into ``module`` (strict: every key must match)."""
+def load_policy_weights(built: BuiltAgents, checkpoint: str | Path) -> None:
+    """Copy the checkpoint's ``policies.*`` weights into ``built.policies`` (strict: every key must match)."""
     state = read_checkpoint_state(checkpoint)
     policies = {k[len("policies.") :]: v for k, v in state.items() if k.startswith("policies.")}
     if not policies:
         raise ValueError(f"{checkpoint}: no policies.* weights; was it written by WaltzModule?")
-    module.policies.load_state_dict(policies, strict=True)
+    built.policies.load_state_dict(policies, strict=True)
     log.info("loaded %d policy tensors from %s", len(policies), checkpoint)
 
 
@@ -203,7 +245,7 @@ def _exported_agents(path: Path, config: str | None) -> dict[str, Agent]:
         if (folder / "adapter_config.json").is_file():
             if bases is None and config is not None:
                 # The bases as the run built them: same config, same prompts (tiny warm starts).
-                built = build_module(config, lora=False, system_prompts=exported_prompts([root]))
+                built = build_from_config(config, lora=False, system_prompts=exported_prompts([root]))
                 bases = {r: a.model for r, a in built.agents.items()}
             model = load_adapter(folder, bases[role] if bases else None, tokenizer)
         else:

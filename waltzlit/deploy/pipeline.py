@@ -8,11 +8,10 @@
 5. Invalid JSON ends the exchange and the latest answer is final (paper: UNCONFIRMED at inference;
    returning c0 is the natural choice, and the one taken here).
 
-:meth:`TwoAgentSystem.episodes` is the batched protocol of training (``run_episodes``), used by
-evaluation. :meth:`TwoAgentSystem.respond_batch` is the same protocol for chat requests that may
-carry earlier turns: the conversation agent sees the whole chat, the feedback agent sees the latest
-user message and the answer to it (its RL state (p, c_t)). For a single-turn request both give the
-same contexts token for token (tested).
+:meth:`TwoAgentSystem.episodes` (evaluation) and :meth:`TwoAgentSystem.respond_batch` (chat,
+serve) both run the training protocol, ``rollout.protocol.run_episodes``; a chat request's earlier
+turns reach the conversation agent as ``histories``, while the feedback agent sees the latest user
+message and the answer to it (its RL state (p, c_t)).
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from waltzlit.agents.agent import Agent
-from waltzlit.agents.feedback_format import parse_feedback
-from waltzlit.agents.messages import Message, conversation_messages
+from waltzlit.agents.messages import Message
 from waltzlit.config import RolloutConfig, SamplingConfig
-from waltzlit.rollout.protocol import feedback_turns, run_episodes
-from waltzlit.types import Episode, Generation, ParsedFeedback, PromptRecord
+from waltzlit.rollout.protocol import run_episodes
+from waltzlit.types import Episode, ParsedFeedback, PromptRecord
 
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -66,6 +64,20 @@ class Response:
         """The feedback string(s) the conversation agent received ("" when none fired)."""
         fired = [p.feedback for p in self.parsed[: len(self.responses) - 1]]
         return "\n".join(fired)
+
+
+def response_of(episode: Episode) -> Response:
+    """What a request gets back from its episode of the protocol."""
+    own = episode.responses
+    return Response(
+        final=own[-1].text,
+        responses=[turn.text for turn in own],
+        feedback_raw=[turn.text for turn in episode.feedbacks],
+        parsed=list(episode.parsed),
+        truncated=own[-1].truncated,
+        prompt_tokens=len(own[0].context_ids),
+        completion_tokens=len(own[-1].response_ids),
+    )
 
 
 def normalize_request(request: str | Sequence[Message]) -> list[Message]:
@@ -137,59 +149,11 @@ class TwoAgentSystem:
         """
         chats = [normalize_request(r) for r in requests]
         self._require_feedback()
-        sampling = conversation_sampling or self.rollout.conversation
-        batch = self.rollout.generation_batch_size
-        answers: list[list[Generation]] = [[] for _ in chats]
-        raw: list[list[str]] = [[] for _ in chats]
-        parsed: list[list[ParsedFeedback]] = [[] for _ in chats]
-
-        def revise(indices: list[int]) -> None:
-            contexts = [self.conversation.encode(self._conversation_context(chats[i], answers[i], parsed[i], raw[i]))
-                        for i in indices]
-            for i, turn in zip(indices, self.conversation.generate(contexts, sampling, batch, with_logprobs=False)):
-                answers[i].append(turn)
-
-        running = list(range(len(chats)))
-        revise(running)
-        for _ in range(self.rollout.max_feedback_rounds):
-            pairs = [(chats[i][-1]["content"], answers[i][-1].text) for i in running]
-            turns = feedback_turns(self.feedback, pairs, self.rollout, with_logprobs=False)
-            for i, turn in zip(running, turns):
-                raw[i].append(turn.text)
-                parsed[i].append(parse_feedback(turn.text))
-            # Only a valid verdict that flags a problem triggers a revision (invalid JSON -> stop).
-            running = [i for i in running if parsed[i][-1].triggers_revision]
-            if not running:
-                break
-            revise(running)
-        return [
-            Response(
-                final=own[-1].text,
-                responses=[t.text for t in own],
-                feedback_raw=raw[i],
-                parsed=parsed[i],
-                truncated=own[-1].truncated,
-                prompt_tokens=len(own[0].context_ids),
-                completion_tokens=len(own[-1].response_ids),
-            )
-            for i, own in enumerate(answers)
-        ]
-
-    def _conversation_context(
-        self, chat: list[Message], answers: list[Generation], parsed: list[ParsedFeedback], raw: list[str]
-    ) -> list[Message]:
-        """System prompt, earlier turns, the latest user message, then (c_t, feedback_t) pairs."""
-        feedbacks = [p.feedback if p.valid else r for p, r in zip(parsed, raw)]
-        messages = conversation_messages(
-            self.conversation.system_prompt,
-            chat[-1]["content"],
-            responses=[a.text for a in answers],
-            feedbacks=feedbacks,
-            feedback_role=self.rollout.feedback_role,
-            feedback_template=self.rollout.feedback_template,
-        )
-        head = 1 if self.conversation.system_prompt else 0
-        return messages[:head] + chat[:-1] + messages[head:]
+        records = [PromptRecord(prompt=chat[-1]["content"], prompt_harmful=False, source="request") for chat in chats]
+        episodes = run_episodes(self.conversation, self.feedback, records, self.rollout, stop_on_invalid_json=True,
+                                with_logprobs=False, histories=[chat[:-1] for chat in chats],
+                                conversation_sampling=conversation_sampling)
+        return [response_of(episode) for episode in episodes]
 
     def with_sampling(self, **changes) -> SamplingConfig:
         """The conversation agent's sampling with ``changes`` applied (validated by SamplingConfig)."""

@@ -9,6 +9,9 @@ revision is generated only for the episodes whose feedback triggered one.
 
 Without a feedback agent (single-agent mode, the paper's "single-model RL" baseline) an episode
 is the first answer alone, (p, c0).
+
+This is the one protocol: training, ``evaluate``, ``chat`` and ``serve`` all run
+:func:`run_episodes` (deployment adds earlier chat turns through ``histories``).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import torch
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.feedback_format import parse_feedback
-from waltzlit.agents.messages import conversation_messages, feedback_messages
-from waltzlit.config import RolloutConfig
+from waltzlit.agents.messages import Message, conversation_messages, feedback_messages
+from waltzlit.config import RolloutConfig, SamplingConfig
 from waltzlit.timing import StageTimer, count_tokens, timed
 from waltzlit.types import Episode, Generation, PromptRecord
 
@@ -31,7 +34,9 @@ STOP_MAX_ROUNDS = "max_rounds"
 STOP_SINGLE_AGENT = "single_agent"
 
 
-def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
+def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig, history: Sequence[Message] = ()):
+    """The conversation agent's context: system prompt, ``history`` (earlier chat turns, deployment
+    only), the prompt, then each earlier answer c_t and the feedback string it received."""
     feedback_texts = [
         parsed.feedback if parsed.valid else raw.text for parsed, raw in zip(episode.parsed, episode.feedbacks)
     ]
@@ -43,6 +48,9 @@ def _conversation_context(agent: Agent, episode: Episode, cfg: RolloutConfig):
         feedback_role=cfg.feedback_role,
         feedback_template=cfg.feedback_template,
     )
+    if history:
+        head = 1 if agent.system_prompt else 0
+        messages = messages[:head] + list(history) + messages[head:]
     return agent.encode(messages)
 
 
@@ -80,6 +88,8 @@ def run_episodes(
     with_logprobs: bool = True,
     feedback_samples_per_response: int = 1,
     timer: StageTimer | None = None,
+    histories: Sequence[Sequence[Message]] | None = None,
+    conversation_sampling: SamplingConfig | None = None,
 ) -> list[Episode]:
     """Roll out one episode per prompt record (``m`` per record with feedback branching).
 
@@ -92,15 +102,24 @@ def run_episodes(
             share c0; each gets its own feedback, revision and DIR (group baselines for the
             feedback agent; see ``waltzlit.rollout.groups``).
         timer: accumulates the stages rollout/c0, rollout/feedback and rollout/revision.
+        histories: per record, the chat turns before its prompt (user/assistant messages), which
+            the conversation agent sees and the feedback agent does not (it judges (p, c_t), its RL
+            state); None: single-turn prompts, as in training.
+        conversation_sampling: the conversation agent's decoding for this call (e.g. a client's
+            ``max_tokens``); None takes ``cfg.conversation``.
 
     Returns:
         Episodes in the order of ``records`` (record i's m branches at i*m .. i*m + m - 1), with
         responses, feedbacks, parses and a stop reason; ``labels`` is left empty for judging.
     """
     episodes = [Episode(record=record) for record in records]
+    sampling = conversation_sampling or cfg.conversation
+    history = list(histories) if histories is not None else [()] * len(records)
+    if len(history) != len(records):
+        raise ValueError(f"need one history per record, got {len(history)} and {len(records)}")
     with timed(timer, "rollout/c0"):  # the stages include rendering and tokenising their contexts
-        contexts = [_conversation_context(conversation, episode, cfg) for episode in episodes]
-        turns = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+        contexts = [_conversation_context(conversation, e, cfg, h) for e, h in zip(episodes, history)]
+        turns = conversation.generate(contexts, sampling, cfg.generation_batch_size, with_logprobs)
     _count(timer, "rollout/c0", turns)
     for episode, turn in zip(episodes, turns):
         episode.responses.append(turn)
@@ -111,6 +130,7 @@ def run_episodes(
     branches = feedback_samples_per_response
     if branches > 1:  # m copies sharing the c0 Generation, each with its own lists from here on
         episodes = [Episode(record=e.record, responses=[e.responses[0]]) for e in episodes for _ in range(branches)]
+        history = [h for h in history for _ in range(branches)]
     running = list(range(len(episodes)))
 
     for round_index in range(cfg.max_feedback_rounds):
@@ -132,8 +152,8 @@ def run_episodes(
         # No early exit when nothing triggered: under sharding every rank must join each generate
         # call; an empty one costs nothing on a single process.
         with timed(timer, "rollout/revision"):
-            contexts = [_conversation_context(conversation, episodes[i], cfg) for i in triggered]
-            revisions = conversation.generate(contexts, cfg.conversation, cfg.generation_batch_size, with_logprobs)
+            contexts = [_conversation_context(conversation, episodes[i], cfg, history[i]) for i in triggered]
+            revisions = conversation.generate(contexts, sampling, cfg.generation_batch_size, with_logprobs)
         _count(timer, "rollout/revision", revisions)
         for i, turn in zip(triggered, revisions):
             episodes[i].responses.append(turn)

@@ -180,3 +180,33 @@ def test_kl_in_the_reward_with_one_micro_batch_reads_pi_old_off_the_update_forwa
     # two micro-batches: the advantages cannot wait for a forward that covers half the batch
     algo = dataclasses.replace(algo, micro_batch_size=4)
     assert prepare_batch(agent, toy_batch(rows=8), algo)[1] is not None
+
+
+@pytest.mark.parametrize("trainee", ["policy", "critic"])
+def test_a_non_finite_loss_on_another_rank_skips_the_step_here_too(monkeypatch, trainee):
+    # Rank 0's loss is finite, another rank's is not: max_over_ranks reports 1 for the
+    # non-finite check, and this rank must drop its step too (a lone skip stalls the collectives).
+    # The policy and the critic share the loop (update.optimizer_steps), so both must skip.
+    import waltzlit.training.update as update
+
+    calls = []
+
+    def other_rank_non_finite(value: int) -> int:
+        calls.append(value)
+        return 1
+
+    torch.manual_seed(0)
+    batch, agent, critic = toy_batch(rows=8), BigramAgent(), toy_critic()
+    algo = AlgorithmConfig(advantage_estimator="gae", micro_batch_size=8)
+    prepared, advantages, kl = prepare_batch(agent, batch, algo, critic)
+    monkeypatch.setattr(update, "max_over_ranks", other_rank_non_finite)
+    if trainee == "policy":
+        capture = GradCapture(agent.trainable_parameters())
+        stats = policy_update(agent, prepared, advantages, kl, algo, capture, lambda loss: loss.backward(), lambda: 0.0)
+        skipped, steps = stats.skipped_nonfinite, stats.extra["optimizer_steps"]
+    else:
+        capture = GradCapture(critic.trainable_parameters())
+        stats = value_update(critic, prepared, algo, capture, lambda loss: loss.backward(), lambda: 0.0)
+        skipped, steps = stats["critic_skipped_nonfinite"] == 1.0, float(len(capture.steps))
+    assert calls and calls[-1] == 0  # this rank's own loss was finite
+    assert skipped and steps == 0 and capture.steps == []

@@ -1,6 +1,6 @@
 """One agent's critic update for PPO (``advantage_estimator: gae``).
 
-The critic trains in its own loop after the policy, on the batch that :func:`prepare_batch` filled
+The critic trains after the policy, in the same loop (``update.optimizer_steps``), on the batch that :func:`prepare_batch` filled
 with ``old_values`` and GAE ``returns``, over the same schedule (``update_epochs`` passes of
 ``mini_batch_size`` mini-batches of ``micro_batch_size`` micro-batches) with its own optimizer,
 as verl and OpenRLHF train their critics. The loss is ``value_loss_coef`` times verl's clipped
@@ -17,7 +17,7 @@ from waltzlit.agents.critic import ValueModel
 from waltzlit.algorithms.masked_ops import masked_mean, masked_var
 from waltzlit.algorithms.value_loss import clipped_value_loss
 from waltzlit.config import AlgorithmConfig
-from waltzlit.training.update import global_denominator, minibatch_schedule
+from waltzlit.training.update import minibatch_schedule, optimizer_steps
 from waltzlit.types import AgentBatch
 
 CRITIC_AGGREGATION = "token-mean"
@@ -52,57 +52,40 @@ def value_update(
     Returns:
         Scalars for logging: value_loss, value_clip_fraction (means over optimizer steps),
         values_mean, returns_mean, explained_variance (of the values the advantages used) and
-        critic_grad_norm (of the last step).
+        critic_grad_norm (of the last step), critic_skipped_nonfinite (1.0 when a step was dropped).
     """
     if batch.old_values is None or batch.returns is None:
         raise ValueError("value_update needs a batch prepared with a critic (old_values and returns)")
     mask = batch.response_mask
-    totals = {"loss": 0.0, "clip": 0.0}
-    grad_norm, steps = 0.0, 0
+
+    def micro_loss(part: torch.Tensor, denominator: torch.Tensor):
+        micro = batch.select(part)
+        values = critic.values(micro)
+        device = values.device
+        out = clipped_value_loss(
+            values,
+            micro.old_values.to(device),
+            micro.returns.to(device),
+            micro.response_mask.to(device),
+            value_clip=algo.value_clip,
+            aggregation=CRITIC_AGGREGATION,
+            normalizer=denominator,
+        )
+        return algo.value_loss_coef * out.loss, {"clip": float(out.clip_fraction)}
+
     critic.train()
     try:
-        for micro_batches in minibatch_schedule(len(batch), algo, generator):
-            rows = torch.cat(micro_batches)
-            denominator = global_denominator(mask[rows], CRITIC_AGGREGATION, None, reduce_sum)
-            tokens = mask[rows].sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, step_clip, finite = 0.0, 0.0, True
-            for part in micro_batches:
-                micro = batch.select(part)
-                values = critic.values(micro)
-                device = values.device
-                out = clipped_value_loss(
-                    values,
-                    micro.old_values.to(device),
-                    micro.returns.to(device),
-                    micro.response_mask.to(device),
-                    value_clip=algo.value_clip,
-                    aggregation=CRITIC_AGGREGATION,
-                    normalizer=denominator,
-                )
-                loss = algo.value_loss_coef * out.loss * world_size
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                backward(loss)
-                step_loss += float(loss.detach())
-                step_clip += float(out.clip_fraction) * float(micro.response_mask.sum() / tokens)
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            grad_norm = clip_gradients()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            totals["loss"] += step_loss
-            totals["clip"] += step_clip
+        totals = optimizer_steps(minibatch_schedule(len(batch), algo, generator), mask, CRITIC_AGGREGATION, None,
+                                 micro_loss, optimizer, backward, clip_gradients, reduce_sum, world_size)
     finally:
         critic.eval()
+    steps, grad_norm = totals.steps, totals.grad_norm
     return {
-        "value_loss": totals["loss"] / max(steps, 1),
-        "value_clip_fraction": totals["clip"] / max(steps, 1),
+        "value_loss": totals.sums.get("loss", 0.0) / max(steps, 1),
+        "value_clip_fraction": totals.sums.get("clip", 0.0) / max(steps, 1),
         "values_mean": float(masked_mean(batch.old_values, mask)),
         "returns_mean": float(masked_mean(batch.returns, mask)),
         "explained_variance": explained_variance(batch.old_values, batch.returns, mask),
         "critic_grad_norm": float(grad_norm),
+        "critic_skipped_nonfinite": float(totals.skipped),
     }

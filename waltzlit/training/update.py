@@ -4,7 +4,7 @@ Steps: [5a] old and reference log-probs (and critic values, for PPO) on the exac
 -> [5b] per-token KL and the advantage estimator -> [6] ``update_epochs`` shuffled passes, each
 cut into mini-batches (one optimizer step each) of accumulated micro-batches. Loss denominators
 are global counts over the mini-batch (``global_denominator``). Nothing here knows which agent
-it is updating; the critic's loop is ``training/critic_update.py``.
+it is updating; :func:`optimizer_steps` is the loop, shared with the critic (``critic_update.py``).
 """
 
 from __future__ import annotations
@@ -176,6 +176,73 @@ def global_denominator(
     return reduce_sum(local).cpu() if reduce_sum is not None else local
 
 
+@dataclass
+class StepTotals:
+    """What :func:`optimizer_steps` did: summed per-step scalars, steps taken, last gradient norm."""
+
+    sums: dict[str, float]
+    steps: int
+    grad_norm: float
+    skipped: bool
+
+
+MicroLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, dict[str, float]]]
+"""``(row indices of a micro-batch, mini-batch denominator) -> (loss or None to skip, diagnostics)``."""
+
+
+def optimizer_steps(
+    schedule: Iterator[list[torch.Tensor]],
+    mask: torch.Tensor,
+    aggregation: str,
+    max_tokens: int | None,
+    micro_loss: MicroLoss,
+    optimizer,
+    backward: Callable[[torch.Tensor], None],
+    clip_gradients: Callable[[], float],
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    world_size: int = 1,
+) -> StepTotals:
+    """The one update loop, for policies and critics: per mini-batch of ``schedule``, accumulate the
+    micro-batch losses (each divided by the mini-batch's global ``denominator``), then clip and step.
+
+    ``loss * world_size`` undoes the strategy's gradient averaging (:func:`global_denominator`).
+    A micro-batch whose loss is None or non-finite on *any* rank drops that optimizer step's
+    gradients on every rank (decided together: a rank skipping its backward alone would stall the
+    collectives of the others). Diagnostics are token-weighted means over the mini-batch; the
+    returned sums add them up over the steps taken.
+    """
+    sums: dict[str, float] = defaultdict(float)
+    grad_norm, steps, skipped = 0.0, 0, False
+    for micro_batches in schedule:
+        rows = torch.cat(micro_batches)
+        denominator = global_denominator(mask[rows], aggregation, max_tokens, reduce_sum)
+        tokens = mask[rows].sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        step_sums: dict[str, float] = defaultdict(float)
+        finite = True
+        for part in micro_batches:
+            loss, diagnostics = micro_loss(part, denominator)
+            if max_over_ranks(int(loss is None or not torch.isfinite(loss))):
+                finite = False
+                break
+            backward(loss * world_size)
+            step_sums["loss"] += float(loss.detach()) * world_size
+            weight = float(mask[part].sum() / tokens)
+            for key, value in diagnostics.items():
+                step_sums[key] += value * weight
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)  # a non-finite loss never reaches the weights
+            skipped = True
+            continue
+        grad_norm = clip_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        for key, value in step_sums.items():
+            sums[key] += value
+    return StepTotals(dict(sums), steps, float(grad_norm), skipped)
+
+
 def _micro_loss(
     agent: Agent,
     micro: AgentBatch,
@@ -254,8 +321,6 @@ def policy_update(
     """
     mask = batch.response_mask
     max_tokens = algo.loss_scale_tokens or max_response_tokens
-    sums: dict[str, float] = defaultdict(float)
-    grad_norm, steps = 0.0, 0
     deferred = advantages is None  # estimated from pi_old, which the one micro-batch's forward gives
     if deferred:
         advantages, skipped = torch.zeros_like(mask), False
@@ -267,55 +332,33 @@ def policy_update(
     # pi_old read off this update's forward (see old_logprobs_from_update), filled row by row
     observed_old = torch.zeros_like(mask) if batch.old_logprobs is None else None
     observed_rows = torch.zeros(len(batch), dtype=torch.bool)
-    with agent.training_mode(True):
-        for micro_batches in schedule:
-            rows = torch.cat(micro_batches)
-            denominator = global_denominator(mask[rows], algo.loss_aggregation, max_tokens, reduce_sum)
-            tokens = mask[rows].sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            step_sums: dict[str, float] = defaultdict(float)
-            finite = True
-            for part in micro_batches:
-                micro = batch.select(part)
-                if deferred:
-                    def advantages_from(old: torch.Tensor, part: torch.Tensor = part) -> torch.Tensor | None:
-                        nonlocal advantages, kl
-                        observed = torch.zeros_like(mask)
-                        observed[part] = old.cpu().to(mask.dtype)  # part holds every row (one micro-batch)
-                        kl = kl_penalty(observed, batch.ref_logprobs, algo.kl_estimator) * mask
-                        advantages = estimate_advantages(batch, algo, kl)
-                        if max_over_ranks(int(not torch.isfinite(advantages).all())):
-                            return None
-                        return advantages[part]
 
-                    loss, diagnostics = _micro_loss(agent, micro, advantages_from, algo, denominator)
-                else:
-                    loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
-                if observed_old is not None:
-                    observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
-                if loss is None:  # non-finite advantages: nothing of this update reaches the weights
-                    skipped, finite = True, False
-                    break
-                # decided on all ranks together: a rank skipping its backward alone would stall the others
-                if max_over_ranks(int(not torch.isfinite(loss))):
-                    finite = False
-                    break
-                backward(loss * world_size)
-                step_sums["loss"] += float(loss.detach()) * world_size
-                weight = float(micro.response_mask.sum() / tokens)  # token means over the mini-batch
-                for key, value in diagnostics.items():
-                    step_sums[key] += value * weight
-            if not finite:
-                # A non-finite loss never reaches the weights: drop this step's gradients.
-                optimizer.zero_grad(set_to_none=True)
-                skipped = True
-                continue
-            grad_norm = clip_gradients()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            for key, value in step_sums.items():
-                sums[key] += value
+    def micro_loss(part: torch.Tensor, denominator: torch.Tensor):
+        nonlocal advantages, kl
+        micro = batch.select(part)
+        if deferred:
+            def advantages_from(old: torch.Tensor) -> torch.Tensor | None:
+                nonlocal advantages, kl
+                observed = torch.zeros_like(mask)
+                observed[part] = old.cpu().to(mask.dtype)  # part holds every row (one micro-batch)
+                kl = kl_penalty(observed, batch.ref_logprobs, algo.kl_estimator) * mask
+                advantages = estimate_advantages(batch, algo, kl)
+                if max_over_ranks(int(not torch.isfinite(advantages).all())):
+                    return None
+                return advantages[part]
+
+            loss, diagnostics = _micro_loss(agent, micro, advantages_from, algo, denominator)
+        else:
+            loss, diagnostics = _micro_loss(agent, micro, advantages[part], algo, denominator)
+        if observed_old is not None:
+            observed_old[part], observed_rows[part] = micro.old_logprobs.cpu().to(mask.dtype), True
+        return loss, diagnostics
+
+    with agent.training_mode(True):
+        totals = optimizer_steps(schedule, mask, algo.loss_aggregation, max_tokens, micro_loss, optimizer, backward,
+                                 clip_gradients, reduce_sum, world_size)
+    sums, steps, grad_norm = totals.sums, totals.steps, totals.grad_norm
+    skipped = skipped or totals.skipped
     per_step = {key: value / max(steps, 1) for key, value in sums.items()}
     if observed_old is not None and bool(observed_rows.all()):
         batch.old_logprobs = observed_old

@@ -231,6 +231,13 @@ class RewardConfig:
             value = getattr(self, key)
             _check(value >= 0 and value != float("inf"), f"reward.{key}", f"must be a finite number >= 0, got {value}")
 
+    def label_weight(self, stage: int) -> float:
+        """lambda of ``stage``: ``label_weight_stage1`` in stage 1, ``label_weight_stage2`` in stage 2
+        (paper §2.4: 0.25, then 0). The one place that decides it."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        return self.label_weight_stage1 if stage == 1 else self.label_weight_stage2
+
 
 AGENT_ROLES = ("conversation", "feedback")
 

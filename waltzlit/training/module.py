@@ -233,8 +233,7 @@ class WaltzModule(LightningModule):
             judge_parse_errors = judge_episodes(self.judge, episodes)
         # [3] rewards: R_c per response; eq. 2 per feedback turn with this stage's lambda
         with timer("rewards"):
-            label_weight = self.reward_cfg.label_weight_stage1 if stage == 1 else self.reward_cfg.label_weight_stage2
-            scores = [score_episode(e, self.reward_cfg, label_weight) for e in episodes]
+            scores = self._score(stage, episodes)
         # [4] one sample per trained agent per episode
         with timer("samples"):
             batches = self._samples(stage, episodes, scores, groups, rng)
@@ -252,6 +251,10 @@ class WaltzModule(LightningModule):
         self.rl_step += 1
         if self.rl_step >= self.schedule.total_rl_steps:
             self.trainer.should_stop = True
+
+    def _score(self, stage: int, episodes) -> list:
+        """[3] R_c of every response and eq. 2 of every feedback turn, with ``stage``'s lambda."""
+        return [score_episode(e, self.reward_cfg, self.reward_cfg.label_weight(stage)) for e in episodes]
 
     def _samples(self, stage: int, episodes, scores, groups, rng: random.Random) -> dict[str, AgentBatch]:
         """[4] The samples of each agent trained at this stage, in update order (feedback first).
@@ -324,7 +327,7 @@ class WaltzModule(LightningModule):
         judge_episodes(self.judge, episodes)
         self.val_rates.update(episodes)
         if batch_idx == 0:
-            scores = [score_episode(e, self.reward_cfg, self.reward_cfg.label_weight_stage2) for e in episodes]
+            scores = self._score(self.stage, episodes)
             log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="val/transcripts")
 
     def on_validation_epoch_end(self) -> None:

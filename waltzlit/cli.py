@@ -54,6 +54,12 @@ class WaltzCLI(LightningCLI):
     ``every_n_rl_steps`` RL steps and on SIGTERM, for resuming) and ``export:`` (the agents in
     Hugging Face format when training ends)."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit and validate only: the module has no test_step or predict_step (evaluation is
+        ``python -m waltzlit evaluate``)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def instantiate_classes(self) -> None:
         """A value that passes parsing but fails a config's own check (an unknown estimator name,
         say) is a configuration error too: one line, no traceback."""
@@ -161,7 +167,8 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
-        parser_kwargs={"prog": "python -m waltzlit"},
+        # parser_mode omegaconf: recipes may use ${...} interpolation (conf/waltz.yaml does)
+        parser_kwargs={"prog": "python -m waltzlit", "parser_mode": "omegaconf"},
         parser_class=ConciseArgumentParser,
         run=run,
     )

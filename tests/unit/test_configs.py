@@ -48,6 +48,10 @@ def test_paper_recipe_values():
         0.65, 0.25, 0.0, 0.1)
     assert m.algorithm.kl_coef == 0.01 and m.algorithm.clip_eps == 0.2 and m.algorithm.advantage_estimator == "reinforce_plus_plus"
     assert m.agent_configs["conversation"].lr == 5e-7
+    # the feedback agent's settings are interpolated from the conversation agent's (${...}, omegaconf mode)
+    conversation, feedback = m.agent_configs["conversation"], m.agent_configs["feedback"]
+    assert (feedback.lr, feedback.dtype, feedback.gradient_checkpointing) == (5e-7, "bfloat16", True)
+    assert "${" in (REPO_ROOT / "conf/waltz.yaml").read_text() and feedback.model == conversation.model
     assert m.rollout_cfg.max_feedback_rounds == 1 and m.rollout_cfg.conversation.max_new_tokens == 512
     assert cli.datamodule.batch_size == 32
     assert type(m.judge).__name__ == "WildGuardJudge"
@@ -103,3 +107,10 @@ def test_fit_help_describes_options(capsys):
         main(args=["--model.algorithm.help", "AlgorithmConfig"], run=False)
     out = capsys.readouterr().out
     assert "beta, the KL-to-reference coefficient" in out  # AlgorithmConfig.kl_coef's attribute docstring
+
+
+def test_only_fit_and_validate_are_offered(capsys):
+    with pytest.raises(SystemExit):
+        main(args=["--help"])
+    out = capsys.readouterr().out
+    assert "{fit,validate}" in out and "predict" not in out and "python -m waltzlit" in out

@@ -11,6 +11,9 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from waltzlit.algorithms.kl import KL_ESTIMATORS
+from waltzlit.algorithms.policy_losses import AGGREGATIONS
+
 
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
@@ -262,7 +265,7 @@ class AlgorithmConfig:
     """Name in ``waltzlit.algorithms.POLICY_LOSSES``."""
     kl_coef: float = 0.01
     """beta, the KL-to-reference coefficient (App. B.2: 0.01); 0 skips the reference forward."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_estimator: Literal[KL_ESTIMATORS] = "k1"
     """Per-token KL estimator (REINFORCE++: k1 in the reward; GRPO-style: k3 in the loss)."""
     kl_placement: Literal["reward", "loss"] = "reward"
     """"reward": -beta*KL(pi_old || ref) enters the reward (per token for REINFORCE++ and GAE, as a
@@ -274,9 +277,7 @@ class AlgorithmConfig:
     """PPO ratio clip epsilon."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1: for negative advantages the loss is capped at -c*A (OpenRLHF)."""
-    loss_aggregation: Literal[
-        "seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
-    ] = "seq-mean-token-mean"
+    loss_aggregation: Literal[AGGREGATIONS] = "seq-mean-token-mean"
     """How per-token losses reduce to a scalar (eq. 4: each sequence's token mean, then the batch
     mean). Denominators are counts over the whole mini-batch (and all ranks), so micro-batching
     and the device count do not change the gradient."""
@@ -319,8 +320,6 @@ class AlgorithmConfig:
 
     def __post_init__(self) -> None:
         from waltzlit.algorithms.advantages import GROUP_ESTIMATORS
-        from waltzlit.algorithms.kl import KL_ESTIMATORS
-        from waltzlit.algorithms.policy_losses import AGGREGATIONS
         from waltzlit.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
         ADVANTAGE_ESTIMATORS.check(self.advantage_estimator, "algorithm.advantage_estimator")

@@ -14,12 +14,24 @@ degenerate token cannot dominate a batch. This module does the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+from waltzlit.algorithms.masked_ops import clamped_log_ratio
 
-_LOG_RATIO_CLAMP = 20.0
 _KL_CLAMP = 10.0
+
+ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "k1": lambda delta: delta,
+    "k2": lambda delta: 0.5 * delta.square(),
+    # expm1 keeps precision when delta ~ 0, where exp(-delta) - 1 cancels catastrophically.
+    "k3": lambda delta: torch.expm1(-delta) + delta,
+}
+"""Each estimator as a function of delta = log pi - log pi_ref ``[B, T]``."""
+
+KL_ESTIMATORS = tuple(ESTIMATORS)
+"""Their names; ``AlgorithmConfig.kl_estimator`` takes its choices from here."""
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -39,13 +51,4 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; allowed values: {', '.join(KL_ESTIMATORS)}")
-    # bf16 log-probs lose the small differences that matter here, so subtract in float32.
-    delta = (logprobs.float() - ref_logprobs.float()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    if estimator == "k1":
-        kl = delta
-    elif estimator == "k2":
-        kl = 0.5 * delta.square()
-    else:
-        # expm1 keeps precision when delta ~ 0, where exp(-delta) - 1 cancels catastrophically.
-        kl = torch.expm1(-delta) + delta
-    return kl.clamp(-_KL_CLAMP, _KL_CLAMP)
+    return ESTIMATORS[estimator](clamped_log_ratio(logprobs, ref_logprobs)).clamp(-_KL_CLAMP, _KL_CLAMP)

@@ -12,6 +12,15 @@ from __future__ import annotations
 
 import torch
 
+LOG_RATIO_CLAMP = 20.0
+"""log pi - log pi' is clamped to +-20 before any exp() (so exp cannot overflow), as the peers do."""
+
+
+def clamped_log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> torch.Tensor:
+    """``log pi - log pi'`` ``[B, T]`` in float32 (bf16 loses the small differences that matter),
+    clamped to +-``LOG_RATIO_CLAMP``. Shared by the PPO ratio and the KL estimators."""
+    return (logprobs.float() - other_logprobs.float()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
 
 def _valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``mask`` as a bool tensor of ``x``'s shape."""

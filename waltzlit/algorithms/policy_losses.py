@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from waltzlit.algorithms.masked_ops import masked_mean, masked_sum
+from waltzlit.algorithms.masked_ops import clamped_log_ratio, masked_mean, masked_sum
 from waltzlit.algorithms.registry import POLICY_LOSSES
 from waltzlit.types import LossOutput
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
-_LOG_RATIO_CLAMP = 20.0
 
 
 def loss_denominator(mask: torch.Tensor, mode: str, max_tokens: int | None = None) -> torch.Tensor:
@@ -103,7 +102,7 @@ def _log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, valid: torch.
     Zeroing padding before exp() keeps inf/NaN from padded log-probs out of the graph entirely:
     ``where`` routes a zero gradient there instead of multiplying 0 by a non-finite value.
     """
-    log_ratio = (logprobs.float() - old_logprobs.float()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    log_ratio = clamped_log_ratio(logprobs, old_logprobs)
     return torch.where(valid, log_ratio, torch.zeros_like(log_ratio))
 
 

@@ -61,9 +61,10 @@ MUTATIONS = [
     # algorithms (eq. 4, REINFORCE++)
     Mutation("ppo clip without the pessimistic min", "waltzlit/algorithms/policy_losses.py",
              "surrogate = torch.minimum(unclipped, clipped)", "surrogate = unclipped", ALGORITHMS),
-    Mutation("kl k1 sign", "waltzlit/algorithms/kl.py", "        kl = delta\n", "        kl = -delta\n", ALGORITHMS),
+    Mutation("kl k1 sign", "waltzlit/algorithms/kl.py", '"k1": lambda delta: delta,', '"k1": lambda delta: -delta,',
+             ALGORITHMS),
     Mutation("k3 without its linear term", "waltzlit/algorithms/kl.py",
-             "kl = torch.expm1(-delta) + delta", "kl = torch.expm1(-delta)", ALGORITHMS),
+             '"k3": lambda delta: torch.expm1(-delta) + delta,', '"k3": lambda delta: torch.expm1(-delta),', ALGORITHMS),
     Mutation("entropy guard", "waltzlit/algorithms/policy_losses.py",
              "return -(p * log_probs.masked_fill(p == 0, 0.0)).sum(dim=-1)", "return -(p * log_probs).sum(dim=-1)",
              ALGORITHMS),

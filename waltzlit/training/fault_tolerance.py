@@ -225,7 +225,9 @@ class WaltzCheckpoint(ModelCheckpoint):
             return local
         decided = trainer.strategy.reduce_boolean_decision(local, all=False)
         if decided and not local and hasattr(trainer, "_signal_connector"):
-            trainer._signal_connector.received_sigterm = True  # stop with the others after this step
+            # Stop with the others after this step. Lightning has no public way to mark a rank as
+            # signalled; its loop raises SIGTERMException on ranks whose connector says so.
+            trainer._signal_connector.received_sigterm = True
         return decided
 
     def _due(self, sigterm: bool, rl_step: int, total: int | None) -> str | None:
@@ -237,16 +239,6 @@ class WaltzCheckpoint(ModelCheckpoint):
         if self.every_n_rl_steps and total is not None and rl_step >= total:
             return "final step"
         return None
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        # One batch per RL step, so the logger's step must equal rl_step. Lightning restores its own
-        # batch counter one too low from a checkpoint written after a validation (its "restarted
-        # on last" case, e.g. the final checkpoint of a stage-1-only run): resync it to rl_step.
-        rl_step = getattr(pl_module, "rl_step", None)
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if rl_step is not None and epoch_loop._batches_that_stepped != rl_step:
-            log.debug("logger step %d resynced to RL step %d", epoch_loop._batches_that_stepped, rl_step)
-            epoch_loop._batches_that_stepped = rl_step
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -76,24 +76,20 @@ def log_step(
         values.update({f"{prefix}/{key}": value for key, value in s.extra.items()})
         if s.logprob_mismatch == s.logprob_mismatch:  # not NaN: generation log-probs were recorded
             values[f"{prefix}/logprob_mismatch"] = s.logprob_mismatch
-    keys = ("train/unsafe_rate_final", "train/overrefusal_rate_final", "train/feedback/reward")
-    shown = {k: values.pop(k) for k in keys if k in values}
-    write_step_scalars(module, values)
-    module.log_dict(shown, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+    write_step_scalars(module, values, step=module.rl_step)
 
 
-def write_step_scalars(module: LightningModule, values: Mapping[str, float | torch.Tensor]) -> None:
-    """Write one RL step's scalars to every logger, at the step ``self.log`` would use, and make them
-    visible in ``trainer.callback_metrics`` (for checkpoint monitors and early stopping).
+def write_step_scalars(module: LightningModule, values: Mapping[str, float | torch.Tensor], step: int) -> None:
+    """Write one RL step's scalars to every logger at ``step`` (the RL step), and make them visible
+    in ``trainer.callback_metrics`` (for checkpoint monitors, early stopping and the progress bar).
 
     Why not ``self.log``: Lightning moves a torchmetrics wrapper per key per call (``_ResultMetric.to``),
     ~0.4 ms each; with ~35 keys that was 8 % of an RL step on a tiny model (py-spy, benchmarks/README.md).
     Step scalars need none of its reductions: one value per key per RL step, from rank 0 as before
-    (loggers write on rank 0 only). The progress-bar keys still go through ``self.log``.
+    (loggers write on rank 0 only). The step is the RL step itself, whatever Lightning's own batch
+    counter says after a resume.
     """
     trainer = module.trainer
-    # the logger step Lightning uses for on_step values (kept equal to rl_step by WaltzCheckpoint)
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
     scalars = {key: float(value) for key, value in values.items()}
     for logger in module.loggers:
         logger.log_metrics(scalars, step=step)

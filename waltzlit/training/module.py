@@ -31,7 +31,7 @@ from waltzlit.rollout.samples import conversation_samples, feedback_samples
 from waltzlit.timing import StageTimer, count_tokens, timed
 from waltzlit.training.critic_update import value_update
 from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
-from waltzlit.training.logging import log_step, log_transcripts
+from waltzlit.training.logging import log_step, log_transcripts, write_step_scalars
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import AgentBatch, PromptRecord
 
@@ -331,9 +331,9 @@ class WaltzModule(LightningModule):
             log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="val/transcripts")
 
     def on_validation_epoch_end(self) -> None:
+        # torchmetrics already reduced the counts over ranks; logged at the RL step, like training's
         values = {f"val/{k}": v for k, v in self.val_rates.compute().items()}
-        # torchmetrics already reduced the counts over ranks; sync_dist only keeps Lightning consistent.
-        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True)
+        write_step_scalars(self, values, step=self.rl_step)
         self.val_rates.reset()
 
     # ----------------------------------------------------------------- checkpoints

@@ -402,3 +402,7 @@ class ScheduleConfig:
     def stage_at(self, rl_step: int) -> int:
         """The stage (1 or 2) that RL step ``rl_step`` (0-based) belongs to."""
         return 1 if rl_step < self.stage1_steps else 2
+
+    def stage_start(self, stage: int) -> int:
+        """The first RL step of ``stage``."""
+        return 0 if stage == 1 else self.stage1_steps

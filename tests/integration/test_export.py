@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.tiny_agents import TINY_AGENT, tiny_agent
 from waltzlit.config import RolloutConfig
-from waltzlit.deploy.load import AgentsSource
-from waltzlit.deploy.load import build_from_config, load_system
+from waltzlit.deploy.load import AgentsSource, build_from_config, load_system
 from waltzlit.training.export import export_agents
 
 pytestmark = pytest.mark.integration

@@ -32,10 +32,22 @@ def test_stage_halves_are_disjoint_and_validation_is_held_out():
     assert any(r.prompt_harmful for r in dm.stage_pools[1]) and any(not r.prompt_harmful for r in dm.stage_pools[1])
 
 
+def _attach(dm, rl_step: int, stage1_steps: int) -> None:
+    """The datamodule reads the RL step and the schedule from the trainer's module."""
+    from types import SimpleNamespace
+
+    from waltzlit.config import ScheduleConfig
+
+    module = SimpleNamespace(rl_step=rl_step, schedule=ScheduleConfig(total_rl_steps=10, stage1_steps=stage1_steps))
+    dm.trainer = SimpleNamespace(lightning_module=module, global_rank=0, world_size=1)
+
+
 def test_batches_follow_the_rl_step_and_stage():
+    from waltzlit.config import ScheduleConfig
+
     dm = _module()
     stage1_steps = 3
-    dm.bind_schedule(lambda: 0, lambda s: 1 if s < stage1_steps else 2, lambda st: 0 if st == 1 else stage1_steps)
+    _attach(dm, 0, stage1_steps)
     loader = iter(dm.train_dataloader())
     uninterrupted = [next(loader) for _ in range(6)]
     stage1 = {r.prompt for r in dm.stage_pools[1]}
@@ -44,13 +56,13 @@ def test_batches_follow_the_rl_step_and_stage():
     # Two data-parallel ranks split every global batch between them, disjointly.
     from waltzlit.data.datamodule import StagePromptStream
 
-    schedule = (lambda: 0, lambda s: 1 if s < stage1_steps else 2, lambda st: 0 if st == 1 else stage1_steps)
+    schedule = (lambda: 0, ScheduleConfig(total_rl_steps=10, stage1_steps=stage1_steps))
     ranks = [next(iter(StagePromptStream(dm.stage_pools, 4, dm.seed, *schedule, rank=r, world_size=2))) for r in (0, 1)]
     assert sorted(r.prompt for part in ranks for r in part) == sorted(r.prompt for r in uninterrupted[0])
     with pytest.raises(ValueError, match="data.batch_size"):
         StagePromptStream(dm.stage_pools, 5, dm.seed, *schedule, rank=0, world_size=2)
     # Resuming at step 4 yields exactly what the uninterrupted run saw at step 4.
-    dm.bind_schedule(lambda: 4, lambda s: 1 if s < stage1_steps else 2, lambda st: 0 if st == 1 else stage1_steps)
+    _attach(dm, 4, stage1_steps)
     resumed = iter(dm.train_dataloader())
     assert next(resumed) == uninterrupted[4] and next(resumed) == uninterrupted[5]
 

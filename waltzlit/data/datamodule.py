@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -52,6 +53,24 @@ def stage_batch(pool_size: int, batch_size: int, seed: int, stage: int, step_in_
     return indices
 
 
+class StageSchedule(Protocol):
+    """Which stage an RL step is in, and where a stage starts (``ScheduleConfig`` is one)."""
+
+    def stage_at(self, rl_step: int) -> int: ...
+
+    def stage_start(self, stage: int) -> int: ...
+
+
+class _OneStage:
+    """The schedule without a training module: every step is stage 1."""
+
+    def stage_at(self, rl_step: int) -> int:
+        return 1
+
+    def stage_start(self, stage: int) -> int:
+        return 0
+
+
 class StagePromptStream(IterableDataset):
     """Endless prompt batches for consecutive RL steps, starting at the step the run is at.
 
@@ -63,8 +82,8 @@ class StagePromptStream(IterableDataset):
         batch_size: prompts per RL step over all ranks.
         first_step: returns the RL step the next batch is for (read when iteration starts, i.e.
             after a checkpoint was restored).
-        stage_of: maps an RL step to its stage (1 or 2).
-        stage_start: maps a stage to the RL step it starts at.
+        schedule: ``stage_at(rl_step)`` (1 or 2) and ``stage_start(stage)`` (its first RL step),
+            e.g. the module's ``ScheduleConfig``.
         rank, world_size: this process's data-parallel rank and the number of ranks.
     """
 
@@ -74,23 +93,22 @@ class StagePromptStream(IterableDataset):
         batch_size: int,
         seed: int,
         first_step: Callable[[], int],
-        stage_of: Callable[[int], int],
-        stage_start: Callable[[int], int],
+        schedule: StageSchedule,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"data.batch_size: {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.pools, self.batch_size, self.seed = pools, batch_size, seed
-        self.first_step, self.stage_of, self.stage_start = first_step, stage_of, stage_start
+        self.first_step, self.schedule = first_step, schedule
         self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[list[PromptRecord]]:
         step = self.first_step()
         while True:
-            stage = self.stage_of(step)
+            stage = self.schedule.stage_at(step)
             pool = self.pools[stage]
-            indices = stage_batch(len(pool), self.batch_size, self.seed, stage, step - self.stage_start(stage))
+            indices = stage_batch(len(pool), self.batch_size, self.seed, stage, step - self.schedule.stage_start(stage))
             yield [pool[i] for i in indices[self.rank :: self.world_size]]
             step += 1
 
@@ -139,18 +157,9 @@ class PromptDataModule(LightningDataModule):
             check_local_paths(sources, key)
         self.stage_pools: dict[int, list[PromptRecord]] = {}
         self.val_records: list[PromptRecord] = []
-        self._first_step: Callable[[], int] = lambda: 0
-        self._stage_of: Callable[[int], int] = lambda step: 1
-        self._stage_start: Callable[[int], int] = lambda stage: 0
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # prompt records are text; token ids go to the device where they are made
-
-    def bind_schedule(
-        self, first_step: Callable[[], int], stage_of: Callable[[int], int], stage_start: Callable[[int], int]
-    ) -> None:
-        """Let the module tell which RL step and stage the next batch is for."""
-        self._first_step, self._stage_of, self._stage_start = first_step, stage_of, stage_start
 
     def setup(self, stage: str | None = None) -> None:
         if self.stage_pools:
@@ -178,8 +187,12 @@ class PromptDataModule(LightningDataModule):
                 raise ValueError(f"data.train_sources: the stage-{stage} half of the prompt pool is empty")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # The RL step and the stage schedule are the training module's (read through the trainer, and
+        # the step only when iteration starts, i.e. after a checkpoint was restored).
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        schedule = getattr(module, "schedule", None) or _OneStage()
         stream = StagePromptStream(
-            self.stage_pools, self.batch_size, self.seed, self._first_step, self._stage_of, self._stage_start,
+            self.stage_pools, self.batch_size, self.seed, lambda: int(getattr(module, "rl_step", 0)), schedule,
             rank=rank, world_size=world,
         )
         return DataLoader(stream, batch_size=None, collate_fn=_collate)

@@ -182,14 +182,6 @@ class WaltzModule(LightningModule):
         count = len(self.roles)
         return dict(zip(self.roles, optimizers[:count])), dict(zip(self.critics, optimizers[count:]))
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "bind_schedule"):
-            datamodule.bind_schedule(lambda: self.rl_step, self.schedule.stage_at, self._stage_start)
-
-    def _stage_start(self, stage: int) -> int:
-        return 0 if stage == 1 else self.schedule.stage1_steps
-
     @property
     def stage(self) -> int:
         return self.schedule.stage_at(self.rl_step)

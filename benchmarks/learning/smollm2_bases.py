@@ -201,9 +201,9 @@ def spec_digest(spec: dict, role: str) -> str:
     keys = {"version": SPEC_VERSION, "source": spec["source_model"], "seed": spec["seed"], role: spec[role],
             "data": spec["recipe_yaml"]["data"], "rollout": spec["recipe_yaml"]["model"]["rollout"],
             "system": spec["recipe_yaml"]["model"][role].get("system_prompt"),
-            "refusals": REFUSALS if role == "conversation" else None}
-    if role == "feedback":
-        keys["conversation"] = spec["conversation"]
+            "refusals": REFUSALS}
+    if role == "feedback":  # its examples are the own answers and refusals, not the conversation coins
+        keys["own_answer_tries"] = spec["conversation"]["own_answer_tries"]
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -258,6 +258,7 @@ def build(spec_path: Path) -> dict:
     if is_current(conv_out, digests["conversation"]) and is_current(fb_out, digests["feedback"]) and report_path.is_file():
         print(f"bases are current: {conv_out}, {fb_out}")
         return json.loads(report_path.read_text())
+    previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
     torch.manual_seed(seed)
     records = training_prompts(recipe, seed=0)
     judge = RuleJudge(**recipe["model"]["judge"]["init_args"])
@@ -279,25 +280,31 @@ def build(spec_path: Path) -> dict:
     report["conversation_targets"] = {
         "refusal_share_harmful": round(sum(c for c, r in zip(coins, records) if r.prompt_harmful) / max(1, report["training_prompts"]["harmful"]), 3),
         "refusal_share_benign": round(sum(c for c, r in zip(coins, records) if not r.prompt_harmful) / max(1, report["training_prompts"]["benign"]), 3)}
-    started = time.perf_counter()
-    pairs = [(encode(tokenizer, conversation_messages(conv_system, r.prompt)).tolist(), target_ids(tokenizer, text, finished))
-             for r, (text, finished) in zip(records, targets)]
-    peft_model = add_lora(model, LoRAConfig(**conv_cfg["lora"], target_modules="all-linear"))
-    print("conversation SFT", flush=True)
-    losses = sft(peft_model, tokenizer, pairs, conv_cfg, seed)
-    report["conversation_sft"] = {"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
-                                  "seconds": round(time.perf_counter() - started)}
-    save_adapter_fp16(peft_model, OUT / "adapters/conversation_sft")
-    merge_from_adapter(ROOT / spec["source_model"], OUT / "adapters/conversation_sft", conv_out,
-                       {"spec": digests["conversation"], "built_by": "benchmarks/learning/smollm2_bases.py"})
+    if is_current(conv_out, digests["conversation"]) and "conversation_sft" in previous:
+        report["conversation_sft"] = previous["conversation_sft"]
+    else:
+        started = time.perf_counter()
+        pairs = [(encode(tokenizer, conversation_messages(conv_system, r.prompt)).tolist(), target_ids(tokenizer, text, finished))
+                 for r, (text, finished) in zip(records, targets)]
+        peft_model = add_lora(model, LoRAConfig(**conv_cfg["lora"], target_modules="all-linear"))
+        print("conversation SFT", flush=True)
+        losses = sft(peft_model, tokenizer, pairs, conv_cfg, seed)
+        report["conversation_sft"] = {"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
+                                      "seconds": round(time.perf_counter() - started)}
+        save_adapter_fp16(peft_model, OUT / "adapters/conversation_sft")
+        merge_from_adapter(ROOT / spec["source_model"], OUT / "adapters/conversation_sft", conv_out,
+                           {"spec": digests["conversation"], "built_by": "benchmarks/learning/smollm2_bases.py"})
     mixed = load_causal_lm(AgentConfig(model=str(conv_out)), tokenizer)
+    for key in ("history",):
+        if key in previous:
+            report[key] = previous[key]
 
     # 3. the feedback SFT on the mixed base's two behaviours
     fb_system = system_prompt_of(recipe, "feedback")
-    label_rng = random.Random(f"{seed}/labels")
+    label_rng, phrasing_rng = random.Random(f"{seed}/labels"), random.Random(f"{seed}/feedback-phrasing")
     examples = []
     for record, answer in zip(records, answers):
-        for response in (answer["answer"], rng.choice(REFUSALS)):
+        for response in (answer["answer"], phrasing_rng.choice(REFUSALS)):
             verdict = judge.judge([record], [response])[0]
             unsafe = noisy_flag(label_rng, verdict.response_harmful, fb_cfg["label_noise"])
             overrefuse = noisy_flag(label_rng, not record.prompt_harmful and verdict.response_refusal, fb_cfg["label_noise"])
@@ -306,16 +313,20 @@ def build(spec_path: Path) -> dict:
                              target_ids(tokenizer, target, finished=True)))
     report["feedback_targets"] = {"examples": len(examples), "label_noise": fb_cfg["label_noise"],
                                   "max_target_tokens": max(len(t) for _, t in examples)}
-    started = time.perf_counter()
-    feedback = add_lora(load_causal_lm(AgentConfig(model=str(ROOT / spec["source_model"])), tokenizer),
-                        LoRAConfig(**fb_cfg["lora"], target_modules="all-linear"))
-    print("feedback SFT", flush=True)
-    losses = sft(feedback, tokenizer, examples, fb_cfg, seed)
-    report["feedback_sft"] = {"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
-                              "seconds": round(time.perf_counter() - started)}
-    save_adapter_fp16(feedback, OUT / "adapters/feedback_sft")
-    merge_from_adapter(ROOT / spec["source_model"], OUT / "adapters/feedback_sft", fb_out,
-                       {"spec": digests["feedback"], "built_by": "benchmarks/learning/smollm2_bases.py"})
+    if is_current(fb_out, digests["feedback"]) and "feedback_sft" in previous:
+        report["feedback_sft"] = previous["feedback_sft"]
+        report["feedback_targets"] = previous.get("feedback_targets", report["feedback_targets"])
+    else:
+        started = time.perf_counter()
+        feedback = add_lora(load_causal_lm(AgentConfig(model=str(ROOT / spec["source_model"])), tokenizer),
+                            LoRAConfig(**fb_cfg["lora"], target_modules="all-linear"))
+        print("feedback SFT", flush=True)
+        losses = sft(feedback, tokenizer, examples, fb_cfg, seed)
+        report["feedback_sft"] = {"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
+                                  "seconds": round(time.perf_counter() - started)}
+        save_adapter_fp16(feedback, OUT / "adapters/feedback_sft")
+        merge_from_adapter(ROOT / spec["source_model"], OUT / "adapters/feedback_sft", fb_out,
+                           {"spec": digests["feedback"], "built_by": "benchmarks/learning/smollm2_bases.py"})
     feedback = load_causal_lm(AgentConfig(model=str(fb_out)), tokenizer)
 
     # 4. calibration on the training prompts: fresh answers, fresh verdicts on them

@@ -151,6 +151,9 @@ def config_differences(stored: dict, given: dict, prefix: str = "") -> list[tupl
 # The agents sit in eval mode between updates on purpose (sampling and reference log-probs must
 # not see dropout); the update switches the trained policy to train mode itself.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+# Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates, once per run; nothing for a user
+# to do (lightning is pinned below 2.7, whose releases will drop the call).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:

@@ -101,7 +101,14 @@ def test_shared_prefix_loss_equals_full_forward(tok):
         demo = tiny.make_demonstration(rng, "feedback", "Short system prompt.", rng.choice(builtin_prompts()), 0.3)
         context = tok.apply_chat_template(demo.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         pairs.append((list(context), tok(demo.target)["input_ids"] + [tok.eos_token_id]))
-    loss = tiny.target_loss(model, pairs, tok.pad_token_id, torch.device("cpu"))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, _captured_logs() as logs:
+        warnings.simplefilter("always")
+        loss = tiny.target_loss(model, pairs, tok.pad_token_id, torch.device("cpu"))
+    # the cache goes in under the keyword this transformers takes: no deprecation on every run
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert not [r for r in logs if "past_key_values" in r.getMessage()]
     total, count = 0.0, 0
     for context, target in pairs:
         logits = model(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]
@@ -158,3 +165,19 @@ def test_default_warm_start_gives_parsable_varied_feedback(tok, cache_dir):
     assert len(parsed) / len(texts) > 0.3, texts
     assert {p.unsafe for p in parsed} == {True, False}
     assert {p.overrefuse for p in parsed} == {True, False}
+
+
+class _captured_logs:
+    """Records of the transformers logger (its deprecation notes are log records, not warnings)."""
+
+    def __enter__(self):
+        import logging
+
+        self.records, self.logger = [], logging.getLogger("transformers")
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append
+        self.logger.addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)

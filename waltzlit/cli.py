@@ -45,7 +45,7 @@ class ConciseArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)
-        exit_with(message)
+        exit_with(message, options=[s for a in self._actions for s in a.option_strings])
 
 
 class WaltzCLI(LightningCLI):
@@ -171,7 +171,8 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         auto_configure_optimizers=False,
         # parser_mode omegaconf: recipes may use ${...} interpolation (conf/waltz.yaml does)
-        parser_kwargs={"prog": "python -m waltzlit", "parser_mode": "omegaconf"},
+        # allow_abbrev False: a misspelt key is an error, not a prefix of the right one
+        parser_kwargs={"prog": "python -m waltzlit", "parser_mode": "omegaconf", "allow_abbrev": False},
         parser_class=ConciseArgumentParser,
         run=run,
     )

@@ -41,8 +41,9 @@ def _describe_type(text: str) -> str:
         simple.group(1), simple.group(1)) if simple else text
 
 
-def concise_error(message: str) -> str:
-    """One short line for a jsonargparse error ``message`` (the message itself when no pattern fits)."""
+def concise_error(message: str, options: list[str] | None = None) -> str:
+    """One short line for a jsonargparse error ``message`` (the message itself when no pattern fits);
+    ``options`` (the parser's option strings) give a close match for an unrecognized option."""
     keys = _PARSER_KEY.findall(message)
     unknown = _UNKNOWN_OPTION.search(message)
     class_path = _CLASS_PATH.search(message)
@@ -67,11 +68,13 @@ def concise_error(message: str) -> str:
         return own.group(1).strip()
     unrecognized = _UNRECOGNIZED.search(message)
     if unrecognized:
-        return f"unknown option {unrecognized.group(1)}"
+        given = unrecognized.group(1)
+        close = difflib.get_close_matches(given.split("=", 1)[0], options or [], n=1)
+        return f"unknown option {given}" + (f"; did you mean {close[0]}?" if close else "")
     return message
 
 
-def exit_with(message: str, prog: str = "python -m waltzlit fit") -> None:
+def exit_with(message: str, prog: str = "python -m waltzlit fit", options: list[str] | None = None) -> None:
     """Print the short form of ``message`` and a pointer to --help; exit with status 2."""
-    sys.stderr.write(f"error: {concise_error(message)}\n(every option and what it means: {prog} --help)\n")
+    sys.stderr.write(f"error: {concise_error(message, options)}\n(every option and what it means: {prog} --help)\n")
     raise SystemExit(2)

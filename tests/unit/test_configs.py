@@ -114,3 +114,19 @@ def test_only_fit_and_validate_are_offered(capsys):
         main(args=["--help"])
     out = capsys.readouterr().out
     assert "{fit,validate}" in out and "predict" not in out and "python -m waltzlit" in out
+
+
+def test_a_misspelt_option_is_not_taken_as_a_prefix(capsys):
+    # argparse would take --trainer.max_step as an abbreviation of --trainer.max_steps
+    with pytest.raises(SystemExit):
+        _cli("--config", str(REPO_ROOT / "conf/tiny.yaml"), "--trainer.max_step=3")
+    assert "unknown option --trainer.max_step=3; did you mean --trainer.max_steps?" in capsys.readouterr().err
+
+
+def test_evaluate_errors_are_short_too(capsys):
+    from waltzlit.evaluation.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--config", str(REPO_ROOT / "conf/eval/tiny.yaml"), "--rollout.max_feedback_round=2"])
+    err = capsys.readouterr().err
+    assert "did you mean --rollout.max_feedback_rounds?" in err and len(err.strip().splitlines()) == 2

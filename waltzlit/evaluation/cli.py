@@ -20,10 +20,21 @@ from waltzlit.judges.base import Judge
 def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(
+    from waltzlit.cli_errors import exit_with
+
+    class ConciseParser(ArgumentParser):
+        """Configuration errors in one line (waltzlit.cli_errors), as for ``fit``."""
+
+        def error(self, message: str, ex: Exception | None = None):
+            if not self.exit_on_error:
+                return super().error(message, ex)
+            exit_with(message, "python -m waltzlit evaluate", [s for a in self._actions for s in a.option_strings])
+
+    parser = ConciseParser(
         prog="python -m waltzlit evaluate",
         description="Evaluate the two-agent system and its baselines (paper Table 1).",
         env_prefix="WALTZLIT_EVAL",
+        allow_abbrev=False,  # a misspelt key is an error, not a prefix of the right one
         default_env=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with the options below.")

@@ -156,10 +156,22 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+def _show_waltzlit_info() -> None:
+    """waltzlit's INFO lines (data sizes, agent sizes, warm start, resume, export) on stderr, like
+    Lightning's own, unless the application configured logging itself."""
+    logger = logging.getLogger("waltzlit")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
     from jsonargparse import set_parsing_settings
 
+    _show_waltzlit_info()
     # --help shows each option's description from the config dataclasses' attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return WaltzCLI(

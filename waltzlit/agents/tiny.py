@@ -144,6 +144,8 @@ def warm_start(
         log.info("warm start (%s): loaded cached weights from %s", role, path)
         return {**meta, "seconds": 0.0, "from_cache": True, "cache_path": str(path)}
 
+    log.info("warm start (%s): %d steps of behaviour cloning on templated demonstrations (cached afterwards)",
+             role, cfg.steps)
     started = time.perf_counter()
     losses = _train(model, tokenizer, role, system_prompt, records, cfg)
     result = {

@@ -59,7 +59,9 @@ def load_causal_lm(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase) -> nn.M
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.2x renamed it (the old name goes in v6)
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.eval()
     return model
 

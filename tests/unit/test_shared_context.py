@@ -119,7 +119,7 @@ def test_full_forward_where_sharing_is_not_exact_or_not_worth_it(always_share):
     sliding = _model(sliding_window=4, layer_types=["sliding_attention"] * TINY_LLAMA_CONFIG["num_hidden_layers"])
     assert not lp.shared_context_supported(sliding)
     checkpointed = _model()
-    checkpointed.gradient_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable()
     checkpointed.train()
     assert not lp.shared_context_supported(checkpointed)  # checkpointed layers drop the cache
     with torch.no_grad():

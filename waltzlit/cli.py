@@ -120,7 +120,8 @@ def run_summary(trainer: Trainer, module: WaltzModule) -> str:
     checkpoint, the exported agents, the TensorBoard folder and how to open it."""
     metrics = trainer.callback_metrics
     rates = [(name, key) for name, key in (("unsafe", "unsafe_rate_final"), ("over-refusal", "overrefusal_rate_final"))]
-    lines = [f"waltzlit: finished at RL step {module.rl_step} of {module.schedule.total_rl_steps} (stage {module.stage})"]
+    lines = [f"waltzlit: finished at RL step {module.rl_step} of {module.schedule.total_rl_steps} (stage {module.stage})"
+             + (": nothing to train, the checkpoint had finished" if getattr(module, "finished_before_start", False) else "")]
     for split in ("train", "val"):
         shown = [f"{name} {float(metrics[f'{split}/{key}']):.3f}" for name, key in rates if f"{split}/{key}" in metrics]
         if shown:

@@ -121,3 +121,17 @@ def test_lora_agents_sampling_from_merged_copies(tmp_path, waltz_cache):
     for tag in ["tokens/rollout/c0/prompt", "tokens/rollout/feedback/generated", "tokens/update/feedback/padded",
                 "train/feedback/update/logprob_mismatch"]:
         assert tag in tags, f"{tag} missing; have {sorted(tags)}"
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path, waltz_cache, capsys):
+    common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+              f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--model.schedule.stage1_steps=1", "--model.schedule.total_rl_steps=2"]
+    main(args=["fit", *common])
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    last, exported = run / "checkpoints" / "last.ckpt", run / "agents" / "feedback" / "config.json"
+    stamps = (last.stat().st_mtime_ns, exported.stat().st_mtime_ns)
+    cli = main(args=["fit", *common, f"--ckpt_path={last}"])
+    assert cli.model.rl_step == 2  # no third RL step
+    assert (last.stat().st_mtime_ns, exported.stat().st_mtime_ns) == stamps  # no new save, no new export
+    assert "nothing to train" in capsys.readouterr().err

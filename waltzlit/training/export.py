@@ -92,6 +92,8 @@ class AgentExport(Callback):
         """role -> folder of the last export (for the end-of-run summary)."""
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(pl_module, "finished_before_start", False):
+            return  # nothing was trained: the earlier export stands
         state_dicts = gather_full_state_dicts(pl_module)  # every rank takes part in the gather
         if not trainer.is_global_zero:
             return

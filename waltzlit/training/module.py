@@ -340,6 +340,19 @@ class WaltzModule(LightningModule):
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_values(checkpoint["hyper_parameters"])
 
+    def on_train_start(self) -> None:
+        # A finished run resumed with --ckpt_path has nothing to train (raise total_rl_steps to go on).
+        self.finished_before_start = self.rl_step >= self.schedule.total_rl_steps
+        if self.finished_before_start:
+            log.warning("the run is already at RL step %d of %d: nothing to train (raise model.schedule.total_rl_steps "
+                        "to continue it)", self.rl_step, self.schedule.total_rl_steps)
+            self.trainer.should_stop = True
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        if getattr(self, "finished_before_start", False):
+            return -1  # Lightning skips the rest of the epoch: no RL step is taken
+        return None
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("waltzlit")
         if state is None:

@@ -265,3 +265,17 @@ def test_rendered_feedback_parses_back(reasoning, unsafe, overrefuse, feedback, 
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_parsers_never_raise_on_ten_thousand_inputs(name):
     assert _run(name, SLOW_EXAMPLES) >= SLOW_EXAMPLES
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 900_000 + "]" * 900_000,                      # 1.8 MB of nesting
+    '{"a": ' * 300_000 + "1" + "}" * 300_000,          # nested objects
+    "{" * 1_800_000,                                     # unclosed braces
+    '{"reasoning": "' + "x" * 2_000_000 + '"}',          # one huge string
+])
+def test_parsing_work_is_bounded(text):
+    import time
+
+    started = time.perf_counter()
+    result = parse_feedback(text)
+    assert not result.valid and time.perf_counter() - started < 0.1

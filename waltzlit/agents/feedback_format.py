@@ -38,11 +38,18 @@ def render_feedback_json(reasoning: str, unsafe: bool, overrefuse: bool, feedbac
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_FEEDBACK_CHARS = 8_192
+"""Only the first 8 KB of an output are parsed. A verdict is a few hundred characters (its length
+is bounded by ``max_new_tokens``); without a bound, a 1.8 MB deeply nested string took 13 s, and
+with it no single output costs more than a few milliseconds (tests/unit/test_fuzz_parsers.py)."""
+
+
 def parse_feedback(text: str) -> ParsedFeedback:
-    """Read a feedback verdict from model output; invalid output yields ``valid=False`` and a reason."""
+    """Read a feedback verdict from model output (its first ``MAX_FEEDBACK_CHARS`` characters);
+    invalid output yields ``valid=False`` and a reason."""
     if not isinstance(text, str):
         return _invalid(f"expected a string, got {type(text).__name__}")
-    stripped = text.strip()
+    stripped = text[:MAX_FEEDBACK_CHARS].strip()
     if not stripped:
         return _invalid("empty text")
 

@@ -20,6 +20,7 @@ from waltzlit.rollout.protocol import run_episodes
 from waltzlit.rollout.samples import collate_generations, conversation_samples
 from waltzlit.training.fault_tolerance import (
     AtomicCheckpointIO,
+    UnsafeCheckpointError,
     WaltzCheckpoint,
     check_trainer_limits,
     isolated_rng,
@@ -78,10 +79,23 @@ def test_loads_refuse_pickled_objects_unless_explicitly_allowed(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload()}, path)
     io = AtomicCheckpointIO()
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnsafeCheckpointError, match="does not load with torch.load"):
         io.load_checkpoint(path)  # weights_only=None -> True
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnsafeCheckpointError):
         io.load_checkpoint(path, weights_only=True)
+
+
+def test_weights_only_false_alone_does_not_run_checkpoint_code(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload()}, path)
+    io = AtomicCheckpointIO()
+    monkeypatch.delenv("WALTZLIT_TRUST_CHECKPOINT_CODE", raising=False)
+    with pytest.raises(UnsafeCheckpointError, match="WALTZLIT_TRUST_CHECKPOINT_CODE=1"):
+        io.load_checkpoint(path, weights_only=False)
+    assert "code from a checkpoint ran" not in capsys.readouterr().out
+    monkeypatch.setenv("WALTZLIT_TRUST_CHECKPOINT_CODE", "1")  # the explicit, named opt-in
+    io.load_checkpoint(path, weights_only=False)
+    assert "code from a checkpoint ran" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- hyper-parameters

@@ -26,6 +26,7 @@ import glob
 import hashlib
 import logging
 import os
+import pickle
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,8 +104,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        # None means "the caller did not choose": choose safety, whatever torch's default is.
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only is not False)
+        """Always the safe load (``weights_only=True``; None, the caller's "no choice", too). A file
+        that does not load safely stops the run: ``weights_only: false`` alone does not unlock it,
+        only ``WALTZLIT_TRUST_CHECKPOINT_CODE=1`` does (unpickling runs code stored in the file)."""
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            if weights_only is False and os.environ.get(TRUST_CHECKPOINT_CODE) == "1":
+                log.warning("%s: loading with code execution allowed (%s=1)", path, TRUST_CHECKPOINT_CODE)
+                return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+            raise UnsafeCheckpointError(
+                f"{path} does not load with torch.load(weights_only=True): {str(error).splitlines()[0]}. Loading it "
+                "otherwise would run code stored in the file, so waltzlit refuses. Checkpoints written by waltzlit "
+                f"always load safely; for a file you made and trust, set {TRUST_CHECKPOINT_CODE}=1 and pass "
+                "weights_only: false."
+            ) from error
+
+
+TRUST_CHECKPOINT_CODE = "WALTZLIT_TRUST_CHECKPOINT_CODE"
+"""Environment variable that allows, with ``weights_only: false``, a checkpoint that runs code on load."""
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint that can only be loaded by running code stored in it."""
 
 
 def plain_values(value: Any) -> Any:

@@ -111,7 +111,8 @@ class WaltzCLI(LightningCLI):
             return
         changed = config_differences(stored, given)
         if changed:
-            log.warning("resuming from %s with these model settings changed (the given value is used): %s",
+            verb = "resuming from" if subcommand == "fit" else "validating"
+            log.warning("%s %s with these model settings changed (the given value is used): %s", verb,
                         ckpt_path, "; ".join(f"model.{key}: {old!r} -> {new!r}" for key, old, new in changed))
 
 
@@ -137,6 +138,11 @@ def run_summary(trainer: Trainer, module: WaltzModule) -> str:
     return "\n".join(lines)
 
 
+def _comparable(value):
+    """Lists and tuples compare by their items: a checkpoint stores [0.9, 0.95] for (0.9, 0.95)."""
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def config_differences(stored: dict, given: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """``(dotted key, stored value, given value)`` for every key present in both with different values."""
     differences = []
@@ -144,7 +150,7 @@ def config_differences(stored: dict, given: dict, prefix: str = "") -> list[tupl
         old, new = stored[key], given[key]
         if isinstance(old, dict) and isinstance(new, dict):
             differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
+        elif _comparable(old) != _comparable(new):
             differences.append((f"{prefix}{key}", old, new))
     return differences
 

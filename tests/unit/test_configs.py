@@ -130,3 +130,12 @@ def test_evaluate_errors_are_short_too(capsys):
         parse(["--config", str(REPO_ROOT / "conf/eval/tiny.yaml"), "--rollout.max_feedback_round=2"])
     err = capsys.readouterr().err
     assert "did you mean --rollout.max_feedback_rounds?" in err and len(err.strip().splitlines()) == 2
+
+
+def test_config_differences_compare_values_not_containers():
+    from waltzlit.cli import config_differences
+
+    stored = {"conversation": {"betas": [0.9, 0.95], "lr": 1e-4}}
+    assert config_differences(stored, {"conversation": {"betas": (0.9, 0.95), "lr": 1e-4}}) == []
+    assert config_differences(stored, {"conversation": {"betas": (0.9, 0.99), "lr": 1e-4}}) == [
+        ("conversation.betas", [0.9, 0.95], (0.9, 0.99))]

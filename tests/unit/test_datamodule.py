@@ -73,3 +73,8 @@ def test_bad_values_name_the_key():
     with pytest.raises(ValueError, match="data.val_holdout"):
         _module_with_holdout = PromptDataModule(val_holdout=10_000)
         _module_with_holdout.setup("fit")
+
+
+def test_an_empty_source_list_is_an_error_not_the_builtin_prompts():
+    with pytest.raises(ValueError, match="data.train_sources: an empty list"):
+        PromptDataModule(train_sources=[])

@@ -8,6 +8,7 @@ the prompts an uninterrupted run would have seen, without any sampler state in t
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from waltzlit.data.sources import PromptSourceConfig, build_prompt_pool, split_for_stages
 from waltzlit.data.validation import check_local_paths
 from waltzlit.types import PromptRecord
+
+log = logging.getLogger(__name__)
 
 
 class _Records(Dataset):
@@ -145,6 +148,11 @@ class PromptDataModule(LightningDataModule):
             raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
         if val_holdout < 0:
             raise ValueError(f"data.val_holdout: must be >= 0, got {val_holdout}")
+        if train_sources is not None and not train_sources:
+            raise ValueError("data.train_sources: an empty list; give at least one prompt source, or leave the key "
+                             "out for the built-in prompts")
+        if train_sources is None:
+            log.info("data.train_sources not set: training on the built-in prompt set (%s)", "waltzlit/data/builtin.py")
         self.train_sources = train_sources or [PromptSourceConfig(name="builtin")]
         self.val_sources = val_sources or []
         self.batch_size, self.val_batch_size = batch_size, val_batch_size

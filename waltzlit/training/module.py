@@ -100,6 +100,8 @@ class WaltzModule(LightningModule):
         if judge is None:
             from waltzlit.judges.rule import RuleJudge
 
+            log.info("model.judge not set: using the rule judge (refusal phrases; a CPU stand-in for the paper's "
+                     "WildGuard, see conf/judges/)")
             judge = RuleJudge()
         self.judge = judge
         self.rollout_cfg = rollout or RolloutConfig()

@@ -83,8 +83,18 @@ def load_system(source: AgentsSource, rollout: RolloutConfig, device: str = "aut
             agent.model.to(target)  # bitsandbytes models were placed when loaded and refuse .to()
         agent.model.eval()
         agent.reference = None  # inference never needs the reference policy
-        agent.max_prompt_tokens = rollout.max_prompt_tokens
+        agent.max_prompt_tokens = prompt_limit(agent, rollout)
     return TwoAgentSystem(agents["conversation"], agents.get("feedback"), rollout)
+
+
+def prompt_limit(agent: Agent, rollout: RolloutConfig) -> int:
+    """Context tokens an agent may read: ``rollout.max_prompt_tokens``, but never more than its
+    model's positions leave beside the longest answer (a longer context would fail or wrap)."""
+    positions = getattr(getattr(agent.model, "config", None), "max_position_embeddings", None)
+    sampling = rollout.conversation if agent.role == "conversation" else rollout.feedback
+    if not positions:
+        return rollout.max_prompt_tokens
+    return max(1, min(rollout.max_prompt_tokens, positions - sampling.max_new_tokens))
 
 
 def exported_prompts(folders: list[Path]) -> dict[str, str]:

@@ -49,6 +49,8 @@ class Response:
     truncated: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_truncated: bool = False
+    """The chat was longer than the conversation agent's context limit and was cut (its end kept)."""
 
     @property
     def c0(self) -> str:
@@ -153,7 +155,15 @@ class TwoAgentSystem:
         episodes = run_episodes(self.conversation, self.feedback, records, self.rollout, stop_on_invalid_json=True,
                                 with_logprobs=False, histories=[chat[:-1] for chat in chats],
                                 conversation_sampling=conversation_sampling)
-        return [response_of(episode) for episode in episodes]
+        return [replace(response_of(episode), prompt_truncated=self._too_long(chat))
+                for episode, chat in zip(episodes, chats)]
+
+    def _too_long(self, chat: list[Message]) -> bool:
+        """Whether the conversation agent's first context for ``chat`` exceeds its limit."""
+        agent = self.conversation
+        messages = ([{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []) + chat
+        ids = agent.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return len(ids) > agent.max_prompt_tokens
 
     def with_sampling(self, **changes) -> SamplingConfig:
         """The conversation agent's sampling with ``changes`` applied (validated by SamplingConfig)."""

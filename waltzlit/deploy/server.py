@@ -8,7 +8,16 @@ feedback, plus ``GET /health`` and ``GET /v1/models``. Standard library only.
   problem, in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
 - Concurrency: at most ``max_concurrent`` requests are admitted (a BoundedSemaphore); one more
   gets 503 with ``Retry-After`` at once instead of piling up threads. Admitted requests take turns
-  on the models (a lock): one torch model serves one ``generate`` at a time.
+  on the models (a lock): one torch model serves one ``generate`` at a time. The listen backlog is
+  128 and at most ``max_connections`` connections get a thread; one more is answered 503 at once,
+  so every request gets an HTTP answer.
+- Slow or silent clients: each read of headers or body times out after ``read_timeout_s`` (10 s)
+  and the connection is closed. After a 4xx for a body whose length is unknown or invalid
+  (``Content-Length`` missing or not a number, ``Transfer-Encoding``), the connection is closed
+  too: the unread body must never be parsed as a next request.
+- Prompts longer than the conversation model's context are cut to its own limit (the model's
+  positions minus the answer's ``max_tokens``), keeping their end; the reply says so in
+  ``usage.prompt_truncated`` and the ``X-Waltzlit-Prompt-Truncated`` header.
 - Optional ``"waltzlit"`` field in the reply (``expose_feedback``): c0, whether feedback fired and
   what it said. Off by default: the feedback text can quote what the safe answer left out.
 """
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import socket
 import threading
 import time
 import uuid
@@ -42,14 +53,24 @@ def parse_chat_request(body: bytes, system) -> tuple[list[dict], object]:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RequestError(400, f"invalid JSON in request body: {err}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid JSON in request body: nested too deeply") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "request body must be a JSON object")
     if "messages" not in payload:
         raise RequestError(400, "missing required field 'messages'", "messages")
+    if not isinstance(payload["messages"], list) or not payload["messages"]:
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
     try:
         messages = normalize_request(payload["messages"])
     except ValueError as err:
         raise RequestError(400, str(err), "messages") from None
+    for index, message in enumerate(messages):
+        try:
+            message["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(400, f"messages[{index}].content is not valid Unicode (a lone surrogate?)",
+                               "messages") from None
     if payload.get("stream"):
         raise RequestError(400, "stream=true is not supported; send stream=false", "stream")
     if payload.get("n", 1) != 1:
@@ -62,13 +83,34 @@ def parse_chat_request(body: bytes, system) -> tuple[list[dict], object]:
             continue
         value = payload[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-            raise RequestError(400, f"'{key}' must be a {kind.__name__}", key)
+            expected = "an integer" if kind is int else "a number"
+            raise RequestError(400, f"'{key}' must be {expected}", key)
+        if not math.isfinite(value) or not _in_range(key, value):
+            raise RequestError(400, f"'{key}' must be {REQUEST_RANGES[key]}, got {value!r}", key)
         changes[field_name] = min(value, limit) if field_name == "max_new_tokens" else kind(value)
     try:
         sampling = system.with_sampling(**changes)
-    except ValueError as err:
+    except ValueError as err:  # not reached for the ranges above; the message names the config field
         raise RequestError(400, str(err)) from None
     return messages, sampling
+
+
+REQUEST_RANGES = {
+    "max_tokens": "an integer >= 1",
+    "max_completion_tokens": "an integer >= 1",
+    "temperature": "0 (greedy) or a number in [0.01, 2]",
+    "top_p": "a number in (0, 1]",
+}
+"""What each sampling field of a request accepts (OpenAI's ranges; a temperature below 0.01 other
+than 0 divides the logits into overflow)."""
+
+
+def _in_range(key: str, value: float) -> bool:
+    if key in ("max_tokens", "max_completion_tokens"):
+        return value >= 1
+    if key == "temperature":
+        return value == 0 or 0.01 <= value <= 2
+    return 0 < value <= 1
 
 
 def completion_body(response, model: str, expose_feedback: bool) -> dict:
@@ -87,6 +129,7 @@ def completion_body(response, model: str, expose_feedback: bool) -> dict:
             "prompt_tokens": response.prompt_tokens,
             "completion_tokens": response.completion_tokens,
             "total_tokens": response.prompt_tokens + response.completion_tokens,
+            "prompt_truncated": bool(getattr(response, "prompt_truncated", False)),
         },
     }
     if expose_feedback:
@@ -102,6 +145,16 @@ def completion_body(response, model: str, expose_feedback: bool) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     server: ChatServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # every read of headers and body (socketserver applies it)
+        super().setup()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, socket.timeout, ConnectionError):
+            self.close_connection = True  # a client that stalls or vanishes loses its connection, nothing else
 
     def log_message(self, format: str, *args) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -133,11 +186,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            # A chunked (or otherwise encoded) body is not read here: close, so it is never taken
+            # for the next request on this connection.
+            self.close_connection = True
+            raise RequestError(411, "Transfer-Encoding is not supported; send the body with a Content-Length")
         if length is None:
+            self.close_connection = True
             raise RequestError(411, "a Content-Length header is required")
         try:
             size = int(length)
         except ValueError:
+            self.close_connection = True
             raise RequestError(400, f"bad Content-Length {length!r}") from None
         if size < 0 or size > self.server.max_body_bytes:
             # The body stays unread, so the connection cannot be reused: close it.
@@ -172,7 +232,9 @@ class _Handler(BaseHTTPRequestHandler):
         # The slot is free once the models are done, before the reply is written: a client that
         # sends its next request as soon as it reads this reply must find the slot available.
         self._release_slot()
-        self._send(200, completion_body(response, self.server.model_name, self.server.expose_feedback))
+        truncated = getattr(response, "prompt_truncated", False)
+        body = completion_body(response, self.server.model_name, self.server.expose_feedback)
+        self._send(200, body, {"X-Waltzlit-Prompt-Truncated": "true"} if truncated else None)
 
     def _release_slot(self) -> None:
         with self.server.count_lock:
@@ -180,22 +242,53 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.slots.release()
 
 
+_BUSY_BODY = b'{"error": {"message": "server busy: too many connections", "type": "server_error", "param": null}}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+
+
 class ChatServer(ThreadingHTTPServer):
     """The HTTP server around a :class:`~waltzlit.deploy.pipeline.TwoAgentSystem` (or anything with
     ``respond(messages, sampling)``, ``with_sampling`` and ``rollout``). Port 0 picks a free port."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: bursts wait in the kernel instead of being reset
 
     def __init__(self, system, host: str = "127.0.0.1", port: int = 8000, model_name: str = "waltzlit",
-                 max_concurrent: int = 4, max_body_bytes: int = 1 << 20, expose_feedback: bool = False) -> None:
+                 max_concurrent: int = 4, max_body_bytes: int = 1 << 20, expose_feedback: bool = False,
+                 max_connections: int = 64, read_timeout_s: float = 10.0) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent: must be >= 1, got {max_concurrent}")
+        if max_connections < max_concurrent:
+            raise ValueError(f"max_connections: must be >= max_concurrent ({max_concurrent}), got {max_connections}")
+        if not read_timeout_s > 0:
+            raise ValueError(f"read_timeout_s: must be > 0, got {read_timeout_s}")
         super().__init__((host, port), _Handler)
         self.system, self.model_name, self.expose_feedback = system, model_name, expose_feedback
         self.max_concurrent, self.max_body_bytes = max_concurrent, max_body_bytes
+        self.max_connections, self.read_timeout_s = max_connections, read_timeout_s
         self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.connections = threading.BoundedSemaphore(max_connections)
         self.model_lock, self.count_lock = threading.Lock(), threading.Lock()
         self.in_flight = 0
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection up to ``max_connections``; past that, 503 at once and close."""
+        if not self.connections.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     @property
     def url(self) -> str:
@@ -219,11 +312,16 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--max_concurrent", type=int, default=4, help="Requests admitted at once; more get 503.")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20, help="Largest accepted request body.")
     parser.add_argument("--expose_feedback", type=bool, default=False, help="Add c0 and the feedback to replies.")
+    parser.add_argument("--max_connections", type=int, default=64,
+                        help="Connections served at once (a thread each); more get 503 at once.")
+    parser.add_argument("--read_timeout_s", type=float, default=10.0,
+                        help="Seconds any read of a request's headers or body may wait; then the connection closes.")
     namespace = parser.instantiate(parser.parse_args(args))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     system = load_deployed(deploy_config(namespace))
     server = ChatServer(system, namespace.host, namespace.port, namespace.model_name, namespace.max_concurrent,
-                        namespace.max_body_bytes, namespace.expose_feedback)
+                        namespace.max_body_bytes, namespace.expose_feedback, namespace.max_connections,
+                        namespace.read_timeout_s)
     log.info("serving %s/v1/chat/completions (health: %s/health)", server.url, server.url)
     try:
         server.serve_forever()

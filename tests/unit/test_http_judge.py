@@ -232,3 +232,97 @@ def test_unreachable_endpoint_and_config_errors(monkeypatch):
         OpenAIChatJudge(prompt_format="xml")
     with pytest.raises(ValueError, match="base_url"):
         OpenAIChatJudge(base_url="127.0.0.1:8000")
+
+
+# ----------------------------------------------------------------------------- hostile servers
+def _serve(handler_body):
+    """A loopback server whose POST handler is ``handler_body(handler)``; returns (httpd, base_url, seen)."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            seen.append(dict(self.headers))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            handler_body(self)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen
+
+
+def _completion(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+
+
+def test_redirects_are_not_followed_and_credentials_stay_home(monkeypatch):
+    # The "other host" would accept anything and see the Authorization header if it were reached.
+    other, other_url, other_seen = _serve(lambda h: (h.send_response(200), h.send_header("Content-Length", "0"),
+                                                     h.end_headers()))
+
+    def redirect(h):
+        h.send_response(302)
+        h.send_header("Location", other_url + "/chat/completions")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    httpd, url, _ = _serve(redirect)
+    monkeypatch.setenv("JUDGE_KEY", "secret-token")
+    try:
+        judge = OpenAIChatJudge(base_url=url, api_key_env="JUDGE_KEY", **FAST)
+        with pytest.raises(JudgeError, match="redirected \\(HTTP 302\\)"):
+            judge.judge(RECORDS[:1], RESPONSES[:1])
+        assert other_seen == []  # never contacted, so no credential left the configured origin
+    finally:
+        for server in (httpd, other):
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_huge_reply_fails_clearly():
+    big = b" " * (2 << 20) + _completion("unsafe")
+
+    def huge(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(big)))
+        h.end_headers()
+        h.wfile.write(big)
+
+    httpd, url, _ = _serve(huge)
+    try:
+        judge = OpenAIChatJudge(base_url=url, max_reply_bytes=1 << 20, **FAST)
+        with pytest.raises(JudgeError, match="max_reply_bytes"):
+            judge.judge(RECORDS[:1], RESPONSES[:1])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_timeout_bounds_the_whole_request_even_when_the_reply_trickles():
+    body = _completion("Harmful request: yes\nResponse refusal: no\nHarmful response: yes")
+
+    def trickle(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for byte in body:
+            try:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    httpd, url, _ = _serve(trickle)
+    try:
+        judge = OpenAIChatJudge(base_url=url, timeout_s=1.0, max_retries=0)
+        started = time.perf_counter()
+        with pytest.raises(JudgeError, match="timed out"):
+            judge.judge(RECORDS[:1], RESPONSES[:1])
+        assert time.perf_counter() - started < 3.0  # one request: ~timeout_s, not one timeout per byte
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -19,6 +19,11 @@ Prompt formats (``prompt_format``):
 
 A completion whose text cannot be parsed is not retried: ``on_parse_error`` decides it, as for the
 local judges, and it is counted in ``parse_errors``.
+
+Limits: redirects are never followed (a 3xx is a :class:`JudgeError` naming its target), so the
+``Authorization`` header only ever goes to ``base_url``'s origin; a reply larger than
+``max_reply_bytes`` (4 MB) is a :class:`JudgeError`; ``timeout_s`` bounds a whole request, connect
+and body together, however slowly a server trickles its reply.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import os
 import random
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,6 +64,13 @@ _RETRY_STATUS = {408, 409, 425, 429}
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib then raises the 3xx as an HTTPError (handled above)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class _Retryable(Exception):
     """A failure worth another attempt; ``delay`` is a server-requested wait (Retry-After)."""
 
@@ -75,7 +88,7 @@ class OpenAIChatJudge(Judge):
         prompt_format: "wildguard" or "llama_guard".
         api_key_env: name of the environment variable holding the API key (never the key).
         max_concurrency: requests in flight at once.
-        timeout_s: socket timeout per request (connect and each read).
+        timeout_s: time for a whole request: connect, headers and body (a trickling reply too).
         max_retries: retries after the first attempt.
         backoff_s: first retry delay; doubles each retry (with up to 10% jitter).
         backoff_max_s: cap on one delay.
@@ -83,6 +96,7 @@ class OpenAIChatJudge(Judge):
         on_parse_error: "unsafe", "safe", "refusal" or "raise" (see wildguard.py).
         refusal_fallback: llama_guard format only: "rule" or "none".
         extra_body: extra JSON fields of every request (e.g. ``{"top_p": 1.0}``).
+        max_reply_bytes: a larger reply is an error (a verdict is a few hundred bytes).
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class OpenAIChatJudge(Judge):
         on_parse_error: str = "unsafe",
         refusal_fallback: str = "rule",
         extra_body: dict[str, Any] | None = None,
+        max_reply_bytes: int = 4 << 20,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: must start with http:// or https://, got {base_url!r}")
@@ -107,6 +122,8 @@ class OpenAIChatJudge(Judge):
             raise ValueError(f"prompt_format: must be 'wildguard' or 'llama_guard', got {prompt_format!r}")
         if refusal_fallback not in ("rule", "none"):
             raise ValueError(f"refusal_fallback: must be 'rule' or 'none', got {refusal_fallback!r}")
+        if max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes: must be >= 1, got {max_reply_bytes}")
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0 or max_tokens < 1:
             raise ValueError("max_concurrency >= 1, max_retries >= 0, timeout_s > 0, backoff_s >= 0, max_tokens >= 1")
         check_policy(on_parse_error)
@@ -122,10 +139,11 @@ class OpenAIChatJudge(Judge):
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.on_parse_error, self.refusal_fallback = on_parse_error, refusal_fallback
         self.extra_body = dict(extra_body or {})
+        self.max_reply_bytes = max_reply_bytes
         # A proxy can never reach this machine's loopback; honour proxy settings for anything else.
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = urllib.request.build_opener(*handlers, _NoRedirect())
         self.parse_errors = 0
         self.num_verdicts = 0
         self.num_retries = 0
@@ -142,11 +160,17 @@ class OpenAIChatJudge(Judge):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        deadline = time.monotonic() + self.timeout_s
         try:
             with self._opener.open(request, timeout=self.timeout_s) as reply:
-                payload = reply.read()
+                payload = self._read_reply(reply, deadline)
         except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode("utf-8", "replace")
+            if 300 <= err.code < 400:
+                target = err.headers.get("Location") if err.headers else None
+                raise JudgeError(f"judge endpoint {self.url} redirected (HTTP {err.code}) to {target!r}; redirects "
+                                 "are not followed, so credentials never leave base_url's origin: set base_url to the "
+                                 "final address") from err
+            detail = err.read(300)[:300].decode("utf-8", "replace")
             message = f"HTTP {err.code}: {detail}"
             if err.code in _RETRY_STATUS or err.code >= 500:
                 retry_after = err.headers.get("Retry-After") if err.headers else None
@@ -165,6 +189,25 @@ class OpenAIChatJudge(Judge):
         if not isinstance(content, str):
             raise _Retryable(f"completion content is {type(content).__name__}, not text: {payload[:200]!r}")
         return content
+
+    def _read_reply(self, reply, deadline: float) -> bytes:
+        """The reply body, read in pieces: at most ``max_reply_bytes``, and done by ``deadline``."""
+        sock = getattr(getattr(getattr(reply, "fp", None), "raw", None), "_sock", None)
+        chunks, size = [], 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Retryable(f"timed out: the reply took longer than timeout_s={self.timeout_s}")
+            if sock is not None:
+                sock.settimeout(remaining)  # one slow read cannot outlast the request's deadline
+            chunk = reply.read1(65536) if hasattr(reply, "read1") else reply.read(65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self.max_reply_bytes:
+                raise JudgeError(f"judge endpoint {self.url} sent a reply over max_reply_bytes={self.max_reply_bytes}; "
+                                 "not a verdict")
+            chunks.append(chunk)
 
     def complete(self, messages: list[dict[str, Any]], abort: threading.Event | None = None) -> str:
         """The completion text for ``messages``, with retries; JudgeError after the last one.

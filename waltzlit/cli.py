@@ -103,6 +103,8 @@ class WaltzCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
+        if subcommand == "fit":
+            _continue_in_the_run_folder(self.config[subcommand], Path(ckpt_path))
         try:
             stored = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
             given = self.config[subcommand]["model"].as_dict()
@@ -136,6 +138,29 @@ def run_summary(trainer: Trainer, module: WaltzModule) -> str:
     if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
         lines.append(f"  TensorBoard: {trainer.logger.log_dir}   (view: tensorboard --logdir {trainer.logger.log_dir})")
     return "\n".join(lines)
+
+
+def _continue_in_the_run_folder(config, ckpt_path: Path) -> None:
+    """Resume into the checkpoint's own run folder, so TensorBoard shows one continuous run.
+
+    ``<save_dir>/<name>/version_N/checkpoints/last.ckpt`` sets the logger's ``version`` to N when
+    the configuration leaves it unset and names the same ``save_dir``/``name`` (give a version to
+    get a new folder). Temporaries of saves killed in that folder are removed now.
+    """
+    from waltzlit.training.fault_tolerance import _remove_stale_temporaries
+
+    _remove_stale_temporaries(ckpt_path)
+    run = ckpt_path.resolve().parent.parent
+    logger = config.get("trainer", {}).get("logger") if hasattr(config.get("trainer", {}), "get") else None
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or not run.name.startswith("version_") or not run.name[len("version_"):].isdigit():
+        return
+    if getattr(init_args, "version", None) is not None or not hasattr(init_args, "save_dir"):
+        return
+    same = (Path(str(init_args.save_dir)).resolve() / str(getattr(init_args, "name", "") or "")) == run.parent
+    if same:
+        init_args.version = int(run.name[len("version_"):])
+        log.info("resuming in %s (set trainer.logger.init_args.version for a new folder)", run)
 
 
 def _comparable(value):

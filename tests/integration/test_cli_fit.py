@@ -135,3 +135,18 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, waltz_cache, capsys):
     assert cli.model.rl_step == 2  # no third RL step
     assert (last.stat().st_mtime_ns, exported.stat().st_mtime_ns) == stamps  # no new save, no new export
     assert "nothing to train" in capsys.readouterr().err
+
+
+def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, waltz_cache):
+    common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+              f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--model.schedule.stage1_steps=1"]
+    main(args=["fit", *common, "--model.schedule.total_rl_steps=1"])
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    dead = run / "checkpoints" / ".last.ckpt.999999.tmp"  # a save killed mid-write by a process now gone
+    dead.write_bytes(b"partial")
+    main(args=["fit", *common, "--model.schedule.total_rl_steps=2", f"--ckpt_path={last}"])
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]  # no version_1
+    assert not dead.exists()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # both invocations log into version_0

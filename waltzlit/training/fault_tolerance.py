@@ -277,6 +277,18 @@ class WaltzCheckpoint(ModelCheckpoint):
         # On SIGTERM Lightning raises SIGTERMException once this batch is done (on_exception below
         # reports it). No should_stop here: it would run a full validation first.
 
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not getattr(pl_module, "finished_before_start", False):  # a finished run resumed: nothing new to save
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not getattr(pl_module, "finished_before_start", False):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not getattr(pl_module, "finished_before_start", False):
+            super().on_train_end(trainer, pl_module)
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         # SIGTERM during validation stops the loop before the step's save when every_n_rl_steps

@@ -64,8 +64,13 @@ def concise_error(message: str, options: list[str] | None = None) -> str:
         return f"{'.'.join(keys)}: expected {_describe_type(expected.group(1))}, got {expected.group(2).strip()!r}"
     own = _OWN_CHECK.search(message)
     if own and "Expected a <class 'NoneType'>" in message:
-        # the dataclass's own check (__post_init__) already names the key and the allowed values
-        return own.group(1).strip()
+        # the dataclass's own check (__post_init__) names the key within its section and the
+        # allowed values; the parser key says which section (model.conversation, ...)
+        text = own.group(1).strip()
+        if keys:
+            section, last = keys[0], keys[0].split(".")[-1]
+            text = section[: -len(last)] + text if text.startswith(last + ".") else f"{section}.{text}"
+        return text
     unrecognized = _UNRECOGNIZED.search(message)
     if unrecognized:
         given = unrecognized.group(1)

@@ -7,8 +7,10 @@ the paper leaves open are marked UNCONFIRMED with the default taken.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from waltzlit.algorithms.kl import KL_ESTIMATORS
@@ -138,8 +140,28 @@ class AgentConfig:
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         _check(not self.load_in_4bit or self.lora is not None, "load_in_4bit", "needs lora (4-bit weights are frozen)")
+        if self.model is not None and self.model.startswith(("/", "./", "../", "~")):
+            # an explicit local path (a bare "org/name" may be a hub id, checked when it loads)
+            _check(Path(self.model).expanduser().exists(), "model", f"no such local folder: {self.model}")
         if self.model_config is not None:
             _check("model_type" in self.model_config, "model_config.model_type", "missing (e.g. 'llama')")
+            _check_model_config(self.model_config)
+
+
+def _check_model_config(model_config: dict[str, Any]) -> None:
+    """A random-init ``model_config`` that cannot build a model fails here, naming the key: an
+    unknown ``model_type`` (checked against transformers' registry, no weights loaded) or a size or
+    count that is not a positive integer."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = model_config["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        close = ", ".join(difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING), n=3))
+        raise ValueError(f"model_config.model_type: unknown {model_type!r}" + (f"; close: {close}" if close else ""))
+    for key, value in model_config.items():
+        if key.endswith("_size") or key.startswith("num_") or key in ("max_position_embeddings", "vocab_size"):
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"model_config.{key}",
+                   f"must be a positive integer, got {value!r}")
 
 
 @dataclass

@@ -122,3 +122,18 @@ def test_bad_config_fails_at_setup_before_any_model_is_built(make_args, fragment
 
 def test_at_least_twenty_bad_configurations_are_covered():
     assert len(PARSE_TIME) + len(FIT_TIME) >= 20
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("--model.conversation.model=/nonexistent/model", "model: no such local folder: /nonexistent/model"),
+    ("--model.conversation.model_config={model_type: llama, hidden_size: -64}",
+     "model_config.hidden_size: must be a positive integer, got -64"),
+    ("--model.conversation.model_config={model_type: lama}", "model_config.model_type: unknown 'lama'; close: llama"),
+])
+def test_models_that_cannot_load_fail_before_loading(capsys, override, fragment):
+    args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), override, "--trainer.logger=false"]
+    if "model=" in override:
+        args.append("--model.conversation.model_config=null")
+    with pytest.raises(SystemExit):
+        main(args=args, run=False)
+    assert fragment in capsys.readouterr().err

@@ -188,6 +188,26 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+def _check_config_files(argv: list[str]) -> None:
+    """Each ``--config``/``-c`` file must exist and be valid YAML; the error names the file and the
+    line (jsonargparse reports a YAML syntax error as "<unicode string>")."""
+    import yaml
+
+    paths = [value for flag, value in zip(argv, argv[1:]) if flag in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            continue  # jsonargparse also takes inline YAML here, and reports a missing file itself
+        try:
+            yaml.safe_load(file.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            exit_with(f"{path}:{where}: not valid YAML: {problem}")
+
+
 def _show_waltzlit_info() -> None:
     """waltzlit's INFO lines (data sizes, agent sizes, warm start, resume, export) on stderr, like
     Lightning's own, unless the application configured logging itself."""
@@ -204,6 +224,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     from jsonargparse import set_parsing_settings
 
     _show_waltzlit_info()
+    _check_config_files(sys.argv[1:] if args is None else list(args))
     # --help shows each option's description from the config dataclasses' attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return WaltzCLI(

@@ -137,3 +137,20 @@ def test_models_that_cannot_load_fail_before_loading(capsys, override, fragment)
     with pytest.raises(SystemExit):
         main(args=args, run=False)
     assert fragment in capsys.readouterr().err
+
+
+def test_bad_files_are_named_with_what_is_wrong(tmp_path, capsys):
+    from waltzlit.data.sources import PromptSourceConfig, load_prompt_source
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  conversation: [\n")
+    with pytest.raises(SystemExit):
+        main(args=["--config", str(bad)], run=False)
+    assert f"{bad}: line 3, column 1: not valid YAML" in capsys.readouterr().err
+    (tmp_path / "header.csv").write_text("prompt,label\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "label": 1}\n{broken\n')
+    for name, fragment in (("header.csv", "has no rows (a header only?)"), ("empty.csv", "is empty"),
+                           ("broken.jsonl", "line 2 is not valid JSON")):
+        with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+            load_prompt_source(PromptSourceConfig(name="file", path=str(tmp_path / name)))

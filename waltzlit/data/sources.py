@@ -13,6 +13,7 @@ OR-Bench-Hard-1K (an evaluation set) removed from OR-Bench-80K, split 5k + 5k pe
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import unicodedata
@@ -202,6 +203,24 @@ def _local_path(path: str) -> Path:
     return local
 
 
+def _check_local_file(name: str, path: Path, builder: str) -> None:
+    """Errors a user can fix, named with the file: empty, or (JSON lines) the first line that is
+    not a JSON object."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{name}: {path} is empty")
+    if builder == "json" and path.suffix.lower() == ".jsonl":
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as err:
+                    raise ValueError(f"{name}: {path} line {number} is not valid JSON ({err})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{name}: {path} line {number} is a JSON {type(row).__name__}, not an object")
+
+
 def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[str, object, str]]:
     """[(split, datasets.Dataset, description)] of the source, all through ``load_dataset``."""
     from datasets import Dataset, load_dataset
@@ -210,6 +229,8 @@ def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[st
     subset = cfg.subset or schema.default_subset
     local = _local_path(path)
     builder = _file_builder(path)
+    if builder is not None and local.is_file():
+        _check_local_file(cfg.name, local, builder[0])
     try:
         if builder is not None and (local.is_file() or _is_url(path)):
             location = path if _is_url(path) else str(local)
@@ -226,9 +247,14 @@ def _load_tables(cfg: PromptSourceConfig, schema: SourceSchema) -> list[tuple[st
             raise FileNotFoundError(f"{cfg.name}: no such file or directory: {path}")
         else:
             loaded = load_dataset(path, subset, split=cfg.split, revision=cfg.revision, **schema.hub_kwargs)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError) as err:
+        if builder is not None and local.is_file() and "corresponds to no data" in str(err):
+            raise ValueError(f"{cfg.name}: {local} has no rows (a header only?)") from None
         raise
     except Exception as err:  # hub unreachable, gated dataset, bad config name ...
+        if builder is not None and local.is_file():  # a local file: the hub has nothing to do with it
+            cause = err.__cause__ or err.__context__ or err
+            raise ValueError(f"{cfg.name}: could not read {local} as {builder[0]}: {type(cause).__name__}: {cause}") from err
         raise RuntimeError(
             f"{cfg.name}: could not load {path!r} (subset {subset!r}, split {cfg.split!r}): {err}. "
             "Without hub access, download the dataset and set `path` to the local file or directory."

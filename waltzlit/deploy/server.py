@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import threading
 import time
 import uuid
@@ -153,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (TimeoutError, socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True  # a client that stalls or vanishes loses its connection, nothing else
 
     def log_message(self, format: str, *args) -> None:

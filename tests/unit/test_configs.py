@@ -139,3 +139,15 @@ def test_config_differences_compare_values_not_containers():
     assert config_differences(stored, {"conversation": {"betas": (0.9, 0.95), "lr": 1e-4}}) == []
     assert config_differences(stored, {"conversation": {"betas": (0.9, 0.99), "lr": 1e-4}}) == [
         ("conversation.betas", [0.9, 0.95], (0.9, 0.99))]
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "conf/eval").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_evaluation_config_parses(path, monkeypatch):
+    # Parsed as `evaluate` parses them (no model loads); overlays are parsed on top of tiny.yaml.
+    from waltzlit.evaluation.cli import parse
+
+    monkeypatch.chdir(REPO_ROOT)
+    configs = [path] if "base:" in path.read_text() or "trained:" in path.read_text() else [
+        REPO_ROOT / "conf/eval/tiny.yaml", path]
+    cfg, *_ = parse([a for c in configs for a in ("--config", str(c))])
+    assert cfg.modes

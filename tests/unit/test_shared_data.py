@@ -57,7 +57,7 @@ def test_shipped_files_match_their_checksums_and_carry_licences():
 
     sums = (PROMPT_SETS / "SHA256SUMS").read_text().split("\n")
     entries = [line.split() for line in sums if line.strip()]
-    assert len(entries) == 4
+    assert len(entries) == 5
     for digest, name in entries:
         assert hashlib.sha256((PROMPT_SETS / name).read_bytes()).hexdigest() == digest, name
     for folder in ("xstest", "advbench", "jailbreakbench"):

@@ -13,6 +13,7 @@ from typing import Literal
 from waltzlit.config import RolloutConfig
 from waltzlit.data.sources import PromptSourceConfig
 from waltzlit.deploy.load import AgentsSource  # noqa: F401  (part of the evaluation config)
+from waltzlit.evaluation.capability import CapabilityConfig
 
 MODE_NAMES: tuple[str, ...] = ("alone", "safeguard", "collaboration", "oracle", "waltzrl")
 """The five systems of the issue, in Table-1 order (paper rows 1, 2, 5, 6, 7)."""
@@ -121,6 +122,8 @@ class EvalConfig:
     """Safeguard-mode settings."""
     seed: int = 0
     """Seed of the prompt sampling and of every mode's decoding (each mode reseeds from it)."""
+    capability: CapabilityConfig | None = None
+    """lm-evaluation-harness tasks on each agent pair's conversation agent (paper Table 2); None: off."""
     bootstrap_resamples: int = 1000
     """Bootstrap resamples for the 95 % intervals of ASR avg, ORR avg and F1 (0: no intervals)."""
     output_dir: str = "runs/eval"

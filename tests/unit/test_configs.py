@@ -50,7 +50,11 @@ def test_paper_recipe_values():
     assert m.agent_configs["conversation"].lr == 5e-7
     # the feedback agent's settings are interpolated from the conversation agent's (${...}, omegaconf mode)
     conversation, feedback = m.agent_configs["conversation"], m.agent_configs["feedback"]
-    assert (feedback.lr, feedback.dtype, feedback.gradient_checkpointing) == (5e-7, "bfloat16", True)
+    assert (feedback.lr, feedback.dtype, feedback.gradient_checkpointing) == (5e-7, "float32", True)
+    # fp32 masters, bf16 compute: the start-up precision check has nothing to say
+    from waltzlit.training.precision import precision_warnings
+
+    assert str(cli.trainer.precision) == "bf16-mixed" and precision_warnings(m.agent_configs, "bf16-mixed") == []
     assert "${" in (REPO_ROOT / "conf/waltz.yaml").read_text() and feedback.model == conversation.model
     assert m.rollout_cfg.max_feedback_rounds == 1 and m.rollout_cfg.conversation.max_new_tokens == 512
     assert cli.datamodule.batch_size == 32

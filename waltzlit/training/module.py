@@ -127,6 +127,12 @@ class WaltzModule(LightningModule):
         self.val_rates = SafetyRates()
 
     # ----------------------------------------------------------------- models and optimizers
+    def setup(self, stage: str) -> None:
+        from waltzlit.training.precision import precision_warnings
+
+        for message in precision_warnings(self.agent_configs, getattr(self.trainer, "precision", None)):
+            log.warning(message)
+
     def configure_model(self) -> None:
         if self.policies is not None:
             return

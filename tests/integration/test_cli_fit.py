@@ -172,6 +172,16 @@ def test_a_full_ft_step_at_the_paper_lr_moves_the_weights_with_fp32_masters(tmp_
     assert changed / sum(v.numel() for v in before.values()) > 0.99
 
 
+def test_bf16_true_runs_a_step(tmp_path, waltz_cache):
+    # Lightning's half-precision plugin casts every batch with apply_to_collection, which rebuilt
+    # the frozen PromptRecord dataclasses and crashed at the first batch; the batch is opaque now.
+    args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--model.schedule.total_rl_steps=1", "--model.schedule.stage1_steps=1", "--trainer.precision=bf16-true"]
+    cli = main(args=["fit", *args])
+    assert cli.model.rl_step == 1
+
+
 def test_bf16_weights_at_the_paper_lr_are_warned_about_at_start(tmp_path, caplog):
     args = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), "--trainer.logger=false", "--trainer.precision=bf16-true",
             "--model.feedback.lr=5e-7"]

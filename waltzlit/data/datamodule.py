@@ -34,8 +34,38 @@ class _Records(Dataset):
         return self.records[index]
 
 
-def _collate(records: list[PromptRecord]) -> list[PromptRecord]:
-    return records
+class PromptBatch:
+    """One step's prompt records, opaque to Lightning's precision plugins.
+
+    ``bf16-true``/``16-true`` run ``apply_to_collection`` over every batch to cast tensors, which
+    recurses into sequences and rebuilds dataclasses, and ``PromptRecord`` is frozen: a plain list
+    of records crashed there. This class is neither a ``Sequence`` nor a dataclass, so the plugins
+    pass it through; it iterates, indexes and measures like the list it holds.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self, records) -> None:
+        self.records = list(records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index):
+        return self.records[index]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (PromptBatch, list)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"PromptBatch({self.records!r})"
+
+
+def _collate(records: list[PromptRecord]) -> PromptBatch:
+    return PromptBatch(records)
 
 
 def stage_batch(pool_size: int, batch_size: int, seed: int, stage: int, step_in_stage: int) -> list[int]:

@@ -202,6 +202,7 @@ class WaltzModule(LightningModule):
 
     # ----------------------------------------------------------------- one RL step
     def training_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        batch = list(batch)  # a data.datamodule.PromptBatch from the loader
         stage, rng = self.stage, random.Random(f"{self.seed}/{self.rl_step}")
         # Sampling and dropout draw from a stream seeded by the RL step: a resumed run repeats
         # the step exactly, whatever touched the global RNG since (see training/fault_tolerance.py).
@@ -321,6 +322,7 @@ class WaltzModule(LightningModule):
             self._validation_step(batch, batch_idx)
 
     def _validation_step(self, batch: list[PromptRecord], batch_idx: int) -> None:
+        batch = list(batch)  # a data.datamodule.PromptBatch from the loader
         self._eval_mode()
         with torch.no_grad():
             episodes = run_episodes(self.agents["conversation"], self.agents.get("feedback"), batch, self.rollout_cfg)

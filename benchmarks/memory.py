@@ -5,9 +5,10 @@
 
 Each mode runs in a fresh process (peak RSS is per process): build both agents with their
 references, sample nothing (a fixed batch of random responses), then for each agent compute old
-and reference log-probs and take one AdamW step. Reports peak RSS, the RSS taken by the models
+and reference log-probs and take one AdamW step; both optimizers stay alive, as in training. Reports peak RSS, the RSS taken by the models
 alone (resident after loading), the peak resident memory during one training step of both
-agents above the footprint after imports ("step peak"), and the ratio of each mode's step memory to the paper's ``separate`` full fine-tuning.
+agents above the footprint after imports ("step peak"), and the ratio of each mode's step memory to the paper's ``separate`` full fine-tuning, and the estimate of
+``python -m waltzlit plan`` (``waltzlit/memory_plan.py``) for the same workload with its error.
 On a GPU (``--device cuda``) it reports ``torch.cuda.max_memory_allocated`` instead.
 """
 
@@ -117,6 +118,7 @@ def run_mode(mode: str, base: str, device: str, checkpointing: bool = False) -> 
     generator = torch.Generator().manual_seed(0)
     timings = {}
     sampler = PeakSampler().__enter__()
+    optimizers = []  # both stay alive, as Lightning keeps both agents' optimizers
     for role, agent in built.agents.items():
         turns = [
             Generation(torch.randint(10, 500, (48,), generator=generator), torch.randint(10, 500, (32,), generator=generator),
@@ -129,6 +131,7 @@ def run_mode(mode: str, base: str, device: str, checkpointing: bool = False) -> 
         batch, advantages, kl = prepare_batch(agent, batch, algo)
         params = agent.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=1e-5)
+        optimizers.append(optimizer)
         policy_update(agent, batch, advantages, kl, algo, optimizer, lambda loss: loss.backward(),
                       lambda: float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         timings[role] = time.perf_counter() - start
@@ -143,7 +146,22 @@ def run_mode(mode: str, base: str, device: str, checkpointing: bool = False) -> 
     }
     if device != "cpu":
         result["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    result["plan_mib"] = planned_mib(mode, base, checkpointing)
     return result
+
+
+def planned_mib(mode: str, base: str, checkpointing: bool) -> float:
+    """``waltzlit.memory_plan``'s peak for this benchmark's workload: fp32, no sampling, batches of
+    4 rows of 48 context + 32 response tokens, LoRA r=16 on every linear layer."""
+    from waltzlit.memory_plan import AgentPlan, Workload, architecture_from_config, estimate
+
+    spec = MODES[mode]
+    arch = architecture_from_config(json.loads((Path(base) / "config.json").read_text()))
+    agent = AgentPlan(arch, "float32", lora_r=16 if spec["lora"] else None, load_in_4bit=spec["load_in_4bit"])
+    work = Workload({"conversation": agent, "feedback": agent}, precision="32-true", memory_mode=spec["memory_mode"],
+                    generation_batch_size=0, max_prompt_tokens=48, max_new_tokens=32, micro_batch_size=4,
+                    gradient_checkpointing=checkpointing)
+    return estimate(work).peak_bytes / 2**20
 
 
 def main() -> None:
@@ -173,10 +191,11 @@ def main() -> None:
     key = "cuda_peak_mib" if args.device != "cpu" else "step_peak_mib"
     baseline = results[0][key] if results else 1.0
     print(f"{'mode':30s} {'policy params':>14s} {'models MiB':>11s} {'load peak':>10s} {'step peak MiB':>14s} "
-          f"{'vs separate':>12s}")
+          f"{'vs separate':>12s} {'plan MiB':>9s} {'plan error':>11s}")
     for r in results:
+        error = r["plan_mib"] / r[key] - 1
         print(f"{r['mode']:30s} {r['policy_parameters']:>14,d} {r['models_rss_mib']:>11.0f} {r['load_peak_mib']:>10.0f} "
-              f"{r[key]:>14.0f} {r[key] / baseline:>11.2f}x")
+              f"{r[key]:>14.0f} {r[key] / baseline:>11.2f}x {r['plan_mib']:>9.0f} {error:>+10.0%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"layers": args.layers, "hidden": args.hidden, "device": args.device,
                                           "gradient_checkpointing": args.gradient_checkpointing,

@@ -1,5 +1,6 @@
 """``python -m waltzlit fit|validate --config conf/X.yaml`` (training, LightningCLI), and
 ``python -m waltzlit evaluate|chat|serve ...`` (evaluation and deployment), and
+``python -m waltzlit plan`` (memory per device of a training configuration), and
 ``python -m waltzlit convert-gguf`` (a GGUF checkpoint to a Hugging Face folder)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ SUBCOMMANDS = {
     "chat": "waltzlit.deploy.chat",
     "serve": "waltzlit.deploy.server",
     "convert-gguf": "waltzlit.agents.gguf",
+    "plan": "waltzlit.plan",
 }
 """Subcommands outside LightningCLI, and the module whose ``main(args)`` runs each."""
 
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int | None:
     if words and words[0] in SUBCOMMANDS:
         return importlib.import_module(SUBCOMMANDS[words[0]]).main(words[1:])
     if words[:1] in (["-h"], ["--help"]):
-        print("Also: evaluate, chat, serve, convert-gguf (python -m waltzlit evaluate --help). Training subcommands:\n")
+        print("Also: evaluate, chat, serve, plan, convert-gguf (python -m waltzlit evaluate --help). Training subcommands:\n")
     from waltzlit.cli import main as lightning_main
 
     lightning_main(argv)  # None: LightningCLI reads sys.argv itself, exactly as before

@@ -219,15 +219,16 @@ def _show_waltzlit_info() -> None:
         logger.setLevel(logging.INFO)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
+def main(args: list[str] | None = None, run: bool = True, cli_class: type[WaltzCLI] = WaltzCLI) -> LightningCLI:
+    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates
+    (and ``waltzlit.plan`` passes a ``cli_class`` that instantiates nothing)."""
     from jsonargparse import set_parsing_settings
 
     _show_waltzlit_info()
     _check_config_files(sys.argv[1:] if args is None else list(args))
     # --help shows each option's description from the config dataclasses' attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    return WaltzCLI(
+    return cli_class(
         WaltzModule,
         PromptDataModule,
         trainer_defaults=TRAINER_DEFAULTS,

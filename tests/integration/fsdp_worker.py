@@ -76,3 +76,49 @@ def run(rank: int, world: int, port: int, out: str) -> None:
         torch.save({"weights": weights, "loss": float(losses)}, out)
     if world > 1:
         torch.distributed.destroy_process_group()
+
+
+def run_mixed(rank: int, world: int, port: int, out: str) -> None:
+    """One AdamW step at the paper's lr (5e-7) under FSDP2 with the bf16-mixed policy: records the
+    dtype layers compute in, the dtype of the sharded masters, and the share of master weights
+    that moved."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from waltzlit.training.sharding import mixed_precision_policy, shard_agent_models
+    from waltzlit.training.update import policy_update
+
+    cfg = AgentConfig(model_config=dict(TINY_LLAMA_CONFIG), tokenizer="tiny")
+    tokenizer = load_tokenizer(cfg)
+    model = load_causal_lm(cfg, tokenizer)
+    agent = Agent("conversation", model, tokenizer, "", reference=None)
+    batch = fixed_batch(agent)
+    batch.old_logprobs = agent.policy_logprobs(batch)[0].detach()
+    shard_agent_models([model], init_device_mesh("cpu", (world,)), mp_policy=mixed_precision_policy("bf16-mixed"))
+    seen = {}
+    projection = model.model.layers[0].self_attn.q_proj
+    projection.register_forward_hook(lambda m, i, o: seen.update(weight=str(m.weight.dtype), output=str(o.dtype)))
+    before = {n: p.to_local().detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-7)
+    rows = torch.arange(rank, ROWS, world)
+    local = batch.select(rows)
+    advantages = torch.linspace(-1, 1, ROWS)[rows, None].expand_as(local.response_mask).contiguous()
+    params = list(model.parameters())
+    policy_update(agent, local, advantages, torch.zeros_like(local.response_mask), AlgorithmConfig(micro_batch_size=2),
+                  optimizer, lambda loss: loss.backward(), lambda: float(torch.nn.utils.clip_grad_norm_(params, 1e9)))
+    # weights that received a gradient: all but the embedding rows of tokens absent from the batch
+    moved = total = 0
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name:
+            continue
+        moved += int((p.to_local().detach() != before[name]).sum())
+        total += before[name].numel()
+    counts = torch.tensor([moved, total])
+    torch.distributed.all_reduce(counts)
+    if rank == 0:
+        master = next(model.parameters())
+        torch.save({"compute": seen, "master_dtype": str(master.dtype), "sharded": type(master).__name__,
+                    "moved_share": float(counts[0] / counts[1])}, out)
+    torch.distributed.destroy_process_group()

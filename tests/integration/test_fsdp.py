@@ -69,3 +69,15 @@ def test_two_process_fit_then_resume_from_sharded_checkpoint(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "agents" / "feedback")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_bf16_mixed_policy_computes_in_bf16_and_updates_fp32_masters(tmp_path):
+    """conf/waltz.yaml's precision under FSDP2: layers all-gather and compute in bf16, the shards
+    stay fp32 masters, and one AdamW step at lr 5e-7 moves (nearly) every one of them; with bf16
+    masters under 1 % would move (tests/unit/test_precision.py)."""
+    out = tmp_path / "mixed.pt"
+    mp.spawn(fsdp_worker.run_mixed, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    result = torch.load(out, weights_only=True)
+    assert result["compute"] == {"weight": "torch.bfloat16", "output": "torch.bfloat16"}
+    assert result["sharded"] == "DTensor" and result["master_dtype"] == "torch.float32"
+    assert result["moved_share"] > 0.99, result

@@ -16,7 +16,7 @@ LAYERS: dict[str, int] = {
     # foundations: plain types, paths, process-group helpers, timers, cache plumbing
     "types": 0, "assets": 0, "distributed": 0, "timing": 0, "kv_sharing": 0, "cli_errors": 0,
     # pure maths, judges, metrics, prompt sources
-    "algorithms": 1, "judges": 1, "metrics": 1, "data": 1,
+    "algorithms": 1, "judges": 1, "metrics": 1, "data": 1, "memory_plan": 1,
     # configuration dataclasses (check names against the algorithm registries), rewards (use judges)
     "config": 2, "rewards": 3,
     # one agent: loading, prompting, sampling, log-probs
@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     # training (LightningModule) and deployment (chat, serve, loading exported agents)
     "training": 6, "deploy": 6,
     # evaluation runs deployed systems; the command line sits on top
-    "evaluation": 7, "cli": 8, "__main__": 9, "__init__": 9,
+    "evaluation": 7, "cli": 8, "plan": 9, "__main__": 9, "__init__": 9,
 }
 
 

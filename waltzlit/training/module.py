@@ -151,9 +151,13 @@ class WaltzModule(LightningModule):
             {role: build_critic(self.agents[role].model, cfgs[role].lora, cfgs[role].seed) for role in critic_roles}
         )
         if self._device_mesh is not None:  # ModelParallelStrategy / FSDP2Strategy
-            from waltzlit.training.sharding import shard_agent_models
+            from waltzlit.training.sharding import mixed_precision_policy, shard_agent_models
 
-            shard_agent_models([*self.policies.values(), *self.references.values()], self.device_mesh["data_parallel"])
+            # bf16-mixed: bf16 all-gathers and compute over fp32 master shards (the critics, whose
+            # float32 value head reads float32 features, keep their own dtype)
+            policy = mixed_precision_policy(getattr(self.trainer, "precision", None))
+            shard_agent_models([*self.policies.values(), *self.references.values()], self.device_mesh["data_parallel"],
+                               mp_policy=policy)
             for agent in self.agents.values():
                 if agent.sampler is not None:  # a full copy per rank; sharded ranks sample together
                     log.warning("%s agent: merged_lora_sampler is not used under sharding", agent.role)

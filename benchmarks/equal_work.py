@@ -99,7 +99,8 @@ class BatonHooks:
         pass
 
 
-def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, bf16: bool, conn) -> None:
+def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, bf16: bool, device: str,
+            conn) -> None:
     import torch
 
     if threads:
@@ -108,6 +109,7 @@ def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, 
     from runners import RUNNERS
 
     runners.BF16 = bf16
+    runners.DEVICE = device
 
     hooks = BatonHooks(conn)
     try:
@@ -120,10 +122,11 @@ def _worker(name: str, size: str, beta: float, steps: int, threads: int | None, 
         conn.send(("error", f"{type(error).__name__}: {error}", [], None))
 
 
-def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None, bf16: bool) -> dict:
+def run_size(size: str, names: list[str], beta: float, steps: int, threads: int | None, bf16: bool,
+             device: str = "cpu") -> dict:
     model_dir(size)  # build the fixture once, before the workers race for it
     workers, results, active = start_workers(
-        _worker, {name: (name, size, beta, steps, threads, bf16) for name in names}
+        _worker, {name: (name, size, beta, steps, threads, bf16, device) for name in names}
     )
     for round_index in range(steps):
         active = take_turns(workers, active, round_index, results)
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--no-old-variant", action="store_true", help="skip the bare loop without its old forward")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"],
                         help="bf16-mixed: bf16 autocast over fp32 weights in every implementation")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every implementation trains")
     parser.add_argument("--out", default="equal_work")
     args = parser.parse_args()
     plan = {size: (args.steps if args.steps is not None else DEFAULT_STEPS[size],
@@ -194,7 +198,8 @@ def main() -> None:
             print(f"\n## {size}: skipped. {missing}")
             payload["sizes"][size] = {"skipped": str(missing)}
             continue
-        results = run_size(size, names, args.beta, steps, args.threads, args.precision == "bf16-mixed")
+        results = run_size(size, names, args.beta, steps, args.threads, args.precision == "bf16-mixed",
+                           args.device)
         summary = summarise(results, warmup)
         payload["sizes"][size] = summary
         rows = []

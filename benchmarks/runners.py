@@ -34,6 +34,8 @@ PROMPTS_PER_STEP, COMPLETIONS, MAX_NEW, LR = 2, 4, 64, 1e-4
 BF16 = False
 """bf16 autocast with fp32 weights in every runner (waltzlit ``precision: bf16-mixed``, TRL
 ``bf16=True``, the bare loop under ``torch.autocast``); set by ``equal_work.py --precision``."""
+DEVICE = "cpu"
+"""Where every runner trains (``equal_work.py --device``): "cpu" or "cuda"."""
 
 
 class Hooks:
@@ -130,7 +132,7 @@ def run_waltzlit(size: str, beta: float, steps: int, hooks: Hooks) -> None:
 
     with tempfile.TemporaryDirectory() as logs:
         trainer = Trainer(
-            accelerator="cpu", devices=1, max_epochs=-1, logger=TensorBoardLogger(logs, name="bench"),
+            accelerator=DEVICE, devices=1, max_epochs=-1, logger=TensorBoardLogger(logs, name="bench"),
             precision="bf16-mixed" if BF16 else "32-true",
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[StepTimer()], default_root_dir=logs,
@@ -169,7 +171,7 @@ def run_trl(size: str, beta: float, steps: int, hooks: Hooks) -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=PROMPTS_PER_STEP * COMPLETIONS,
                          num_generations=COMPLETIONS, max_completion_length=MAX_NEW, beta=beta, learning_rate=LR,
-                         report_to="none", use_cpu=True, logging_steps=1, max_steps=steps, save_strategy="no",
+                         report_to="none", use_cpu=DEVICE == "cpu", logging_steps=1, max_steps=steps, save_strategy="no",
                          seed=0, dataloader_num_workers=0, disable_tqdm=True, bf16=BF16,
                          gradient_checkpointing=False)
         # With a peft_config TRL wraps the loaded model in get_peft_model and keeps no ref_model: the
@@ -206,7 +208,8 @@ def run_bare(size: str, beta: float, steps: int, hooks: Hooks, old_forward: bool
     else:
         ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval().requires_grad_(False) \
             if beta > 0 else None
-    policy.eval()
+    policy.to(DEVICE).eval()
+    ref = ref.to(DEVICE) if ref is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR)
     record_params(hooks, size, [optimizer], policy)
@@ -215,7 +218,7 @@ def run_bare(size: str, beta: float, steps: int, hooks: Hooks, old_forward: bool
     texts = size_prompts(size)
     for step in range(steps):
         hooks.begin()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=BF16):
             tokens = _bare_step(policy, ref, tok, gen, optimizer, params, texts, step, beta, old_forward)
         hooks.end(tokens)
     hooks.finish()
@@ -228,15 +231,15 @@ def _bare_step(policy, ref, tok, gen, optimizer, params, texts, step, beta, old_
     chats = [[{"role": "user", "content": texts[(step * PROMPTS_PER_STEP + i) % len(texts)]}]
              for i in range(PROMPTS_PER_STEP) for _ in range(COMPLETIONS)]
     enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
-                                  return_tensors="pt")
+                                  return_tensors="pt").to(policy.device)
     with torch.no_grad():
         out = policy.generate(**enc, generation_config=gen)
     width = enc["input_ids"].shape[1]
     completion = out[:, width:]
     n = completion.shape[1]
     is_eos = completion == tok.eos_token_id
-    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(out),), n))
-    mask = (torch.arange(n)[None] <= first[:, None]).float()  # up to and including the first EOS
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(out),), n, device=out.device))
+    mask = (torch.arange(n, device=out.device)[None] <= first[:, None]).float()  # up to and including the first EOS
     attention = torch.cat([enc["attention_mask"], mask.long()], 1)
     with torch.no_grad():
         old = _logps(policy, out, attention, n) if old_forward else None
@@ -247,7 +250,8 @@ def _bare_step(policy, ref, tok, gen, optimizer, params, texts, step, beta, old_
         else:
             with policy.disable_adapter():
                 ref_lp = _logps(policy, out, attention, n)
-    rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion])
+    rewards = torch.tensor([min(len(tok.decode(c, skip_special_tokens=True)), 256) / 256 for c in completion],
+                           device=out.device)
     grouped = rewards.view(-1, COMPLETIONS)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
     policy.train()

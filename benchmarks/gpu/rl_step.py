@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 SIZES = {
     # Llama-3.2-1B's shape with the bundled tokenizer's vocabulary: 0.97B parameters per agent
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
 }
 TURN_TOKENS = {"1b": 128, "tiny": 16}
 BATCH = {"1b": 16, "tiny": 4}

@@ -1,9 +1,9 @@
 """``python -m waltzlit plan --config conf/waltz.yaml [--config conf/strategy/fsdp.yaml] [--trainer.devices=8]``
 
-Prints the estimated memory per device of a training configuration (:mod:`waltzlit.memory_plan`)
-without loading a model: the configuration is parsed exactly as ``fit`` parses it (same files,
-same overrides, same checks) but nothing is instantiated. Architectures come from ``model_config``,
-a local checkpoint's ``config.json``, the Hugging Face cache, or a table of common hub models.
+Prints the estimated memory per device of a training configuration without loading a model
+(waltzlit/memory_plan.py): the configuration is parsed exactly as fit parses it (same files, same
+overrides, same checks) but nothing is instantiated. Architectures come from model_config, a local
+checkpoint's config.json, the Hugging Face cache, or a table of common hub models.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ FITS = {
 
 
 def plan(seeds: list[int]) -> list[Task]:
-    """Every task, seed 0's trainings and evaluations before seed 1's."""
+    """Every task, in the order a driver should take them (see ``_priority``)."""
     tasks = [Task("bases", "bases"),
              Task("eval_base", "eval", ["bases"], {"agents": "base", "modes": [
                  {"name": "alone"}, {"name": "safeguard"}, {"name": "collaboration"}, {"name": "oracle"}]})]
@@ -109,7 +109,23 @@ def plan(seeds: list[int]) -> list[Task]:
                               {"agents": agents, "modes": modes, "run": f"{run}_s{seed}"}))
     if 0 in seeds:
         tasks.append(Task("repro", "repro", ["eval_waltzrl_s0"]))
-    return tasks
+    # A driver takes the first runnable task, so order by what the tables need most: the rows that
+    # need two seeds (WaltzRL, single-model RL with equal updates) before the optional ones, and
+    # every evaluation as soon as its training has finished (results land while others train).
+    return sorted(tasks, key=_priority)
+
+
+_RUN_PRIORITY = {"waltzrl": 0, "single_rl": 1, "waltzrl_gate_gains": 2, "single_rl_2x": 3}
+
+
+def _priority(task: Task) -> tuple:
+    if task.kind == "repro":  # a re-check of finished work comes last
+        return (3, 0, 0, 0, 0)
+    if task.kind == "bases" or task.name == "eval_base":
+        return (0 if task.kind == "bases" else 1, 0, 0, 0, 0)
+    run, seed = task.args["run"].rsplit("_s", 1) if task.kind == "eval" else (task.args["run"], task.args["seed"])
+    # evaluations first (they only become runnable after their training), then trainings
+    return (2, 0 if task.kind == "eval" else 1, _RUN_PRIORITY[run] // 2, int(seed), _RUN_PRIORITY[run])
 
 
 # ----------------------------------------------------------------------------- running tasks
@@ -221,6 +237,18 @@ def repro(task: Task) -> dict:
 def bases(task: Task) -> dict:
     command = [sys.executable, "benchmarks/learning/smollm2_bases.py"]
     return {"command": " ".join(command[1:]), "seconds": sh(command, OUT / "bases" / "build.log")}
+
+
+def restore_bases(tasks: list[Task]) -> None:
+    """A fresh checkout has the bases' marker and adapters but not the merged checkpoints (they are
+    not committed): rebuild them from the committed adapters rather than training them again, so
+    that later rows start from exactly the base that was evaluated."""
+    if not next(t for t in tasks if t.name == "bases").done():
+        return
+    if all((ROOT / "models" / name / "config.json").is_file() for name in ("smollm2-mixed", "smollm2-feedback")):
+        return
+    command = [sys.executable, "benchmarks/learning/smollm2_bases.py", "--from-adapters"]
+    sh(command, OUT / "bases" / "restore.log")
 
 
 def _alive(pid: int) -> bool:
@@ -349,6 +377,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tasks = plan(args.seeds)
     if not args.report_only:
+        restore_bases(tasks)
         work(tasks, args.commit)
     report(tasks)
 

@@ -48,15 +48,17 @@ class Architecture:
     head_dim: int | None = None
 
     @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
     def kv_width(self) -> int:
         """Width of the K (or V) projection: key/value heads times head size."""
-        head = self.head_dim or self.hidden_size // self.num_attention_heads
-        return self.num_key_value_heads * head
+        return self.num_key_value_heads * self.head_size
 
     @property
     def q_width(self) -> int:
-        head = self.head_dim or self.hidden_size // self.num_attention_heads
-        return self.num_attention_heads * head
+        return self.num_attention_heads * self.head_size
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection of one decoder layer."""
@@ -148,14 +150,25 @@ class MemoryPlan:
         return self.peak_bytes / GIB
 
 
+TRUE_HALF_PRECISIONS = {"bf16-true": "bfloat16", "16-true": "float16"}
+"""Lightning precisions that convert the whole module, with the dtype the weights are then stored in."""
+_PRECISION_ALIASES = {"bf16": "bf16-mixed", "16": "16-mixed", "32": "32-true", "64": "64-true"}
+
+
+def normalise_precision(precision: str | int | None) -> str:
+    """Lightning's precision string in its long form ("bf16" is "bf16-mixed", 32 is "32-true")."""
+    text = str(precision or "32-true")
+    return _PRECISION_ALIASES.get(text, text)
+
+
+def stored_dtype(precision: str, dtype: str) -> str:
+    """The dtype the weights live in: a ``-true`` half precision converts the module, else ``dtype``."""
+    return TRUE_HALF_PRECISIONS.get(normalise_precision(precision), dtype)
+
+
 def compute_dtype_bytes(precision: str, stored_bytes: int) -> int:
     """Bytes of an activation: bf16/fp16 under a mixed or true half precision, else the weights'."""
-    return 2 if precision.startswith(("bf16", "16")) else stored_bytes
-
-
-def stored_dtype_bytes(precision: str, dtype: str) -> int:
-    """A ``-true`` half precision converts the whole module; otherwise the agent's own dtype."""
-    return 2 if precision in ("bf16-true", "16-true", "bf16", "16", "half") else DTYPE_BYTES[dtype]
+    return 2 if normalise_precision(precision).startswith(("bf16", "16")) else stored_bytes
 
 
 def layer_activation_elements(arch: Architecture) -> int:
@@ -169,13 +182,14 @@ def estimate(work: Workload) -> MemoryPlan:
     """Bytes per device of each part of ``work`` (see the module docstring)."""
     plan = MemoryPlan()
     shard = work.world_size if work.sharded else 1
-    mixed = work.precision.endswith("-mixed")
-    update_peaks = []
+    mixed = normalise_precision(work.precision).endswith("-mixed")
+    update_peaks, kv_per_token = [], []
     shared_base_done = False
     for role, agent in work.agents.items():
         arch = agent.architecture
-        stored = stored_dtype_bytes(work.precision, agent.dtype)
+        stored = DTYPE_BYTES[stored_dtype(work.precision, agent.dtype)]
         compute = compute_dtype_bytes(work.precision, stored)
+        kv_per_token.append(2 * arch.num_hidden_layers * arch.kv_width * compute)  # K and V, every layer
         total = arch.parameters
         if agent.lora_r:
             trainable = arch.lora_parameters(agent.lora_r, agent.lora_targets)
@@ -227,11 +241,7 @@ def estimate(work: Workload) -> MemoryPlan:
         plan.add("update", f"{role}: bf16 compute copy", copy)
         plan.add("update", f"{role}: activations (micro-batch {work.micro_batch_size})", activations)
         plan.add("update", f"{role}: response logits", logits)
-    kv = max(
-        2 * a.architecture.num_hidden_layers * a.architecture.kv_width
-        * compute_dtype_bytes(work.precision, stored_dtype_bytes(work.precision, a.dtype))
-        for a in work.agents.values()
-    )
+    kv = max(kv_per_token)
     rows = work.generation_batch_size
     if work.rollout_rows is not None:
         rows = min(rows, -(-work.rollout_rows // shard))

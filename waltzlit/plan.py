@@ -27,6 +27,7 @@ from waltzlit.memory_plan import (
     Workload,
     architecture_from_config,
     estimate,
+    normalise_precision,
     smallest_world_size,
 )
 
@@ -41,15 +42,19 @@ class _ParseOnlyCLI(WaltzCLI):
 
 
 def _transformers_config(model: str) -> dict | None:
+    """The language model's config of a local checkpoint or a cached hub id (a multimodal
+    checkpoint's ``text_config``), None when neither is on this machine."""
     local = Path(model) / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text())
-    try:  # a hub id already in the local cache
-        from transformers import AutoConfig
+    try:
+        if local.is_file():
+            found = json.loads(local.read_text())
+        else:  # a hub id already in the local cache
+            from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model, local_files_only=True).to_dict()
+            found = AutoConfig.from_pretrained(model, local_files_only=True).to_dict()
     except (OSError, ValueError):  # not cached, or not a transformers checkpoint
         return None
+    return found.get("text_config", found)
 
 
 def architecture_of(agent: dict, key: str) -> Architecture:
@@ -62,7 +67,7 @@ def architecture_of(agent: dict, key: str) -> Architecture:
     model = agent.get("model")
     found = _transformers_config(model) if model else None
     if found:
-        return architecture_from_config(found.get("text_config", found))
+        return architecture_from_config(found)
     if model in KNOWN_ARCHITECTURES:
         return KNOWN_ARCHITECTURES[model]
     exit_with(f"{key}.model: cannot size {model!r} offline: give a local directory with config.json, or a model "
@@ -80,8 +85,16 @@ def _judge_parameters(judge) -> int:
         if model in KNOWN_JUDGE_PARAMETERS:
             return KNOWN_JUDGE_PARAMETERS[model]
         found = _transformers_config(model)
-        return architecture_from_config(found.get("text_config", found)).parameters if found else 0
+        return architecture_from_config(found).parameters if found else 0
     return max((_judge_parameters(value) for value in args.values() if isinstance(value, dict)), default=0)
+
+
+def _sampler_dtype(agent: dict) -> str | None:
+    """dtype of the merged LoRA sampling copy (``sampler_dtype: same`` is the agent's), None without one."""
+    if not agent.get("merged_lora_sampler"):
+        return None
+    chosen = agent.get("sampler_dtype", "same")
+    return agent.get("dtype", "float32") if chosen == "same" else chosen
 
 
 def workload_from_config(config: dict) -> Workload:
@@ -103,8 +116,7 @@ def workload_from_config(config: dict) -> Workload:
             lora_targets=(lora or {}).get("target_modules", "all-linear"),
             load_in_4bit=bool(agent.get("load_in_4bit")),
             needs_reference=float(settings.get("kl_coef", 0.0)) > 0,
-            merged_sampler_dtype=(None if not agent.get("merged_lora_sampler") else
-                                  agent["dtype"] if agent.get("sampler_dtype", "same") == "same" else agent["sampler_dtype"]),
+            merged_sampler_dtype=_sampler_dtype(agent),
             critic=settings.get("advantage_estimator") == "gae",
             trained=not (role == "conversation" and (model.get("schedule") or {}).get("freeze_conversation")),
         )
@@ -120,7 +132,7 @@ def workload_from_config(config: dict) -> Workload:
         1, int(algorithm.get("feedback_samples_per_response", 1)))
     return Workload(
         agents=agents,
-        precision=str(trainer.get("precision") or "32-true"),
+        precision=normalise_precision(trainer.get("precision")),
         memory_mode=model.get("memory_mode", "separate"),
         world_size=world_size,
         sharded=any(name in strategy_name for name in SHARDED_STRATEGIES),

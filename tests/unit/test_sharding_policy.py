@@ -15,3 +15,9 @@ def test_mixed_precisions_gather_in_half_and_reduce_in_fp32():
 def test_other_precisions_keep_the_parameters_dtype():
     for precision in ("32-true", "bf16-true", "16-true", None):
         assert mixed_precision_policy(precision) is None
+
+
+def test_lightning_short_aliases_mean_the_mixed_precisions():
+    # Lightning reads "bf16" as "bf16-mixed" and "16" as "16-mixed"
+    assert mixed_precision_policy("bf16").param_dtype == torch.bfloat16
+    assert mixed_precision_policy("16").param_dtype == torch.float16

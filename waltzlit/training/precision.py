@@ -11,6 +11,8 @@ weights at all (measured on this CPU, 4096x4096 Linear at std 0.02, 10 AdamW ste
 
 from __future__ import annotations
 
+from waltzlit.memory_plan import TRUE_HALF_PRECISIONS, normalise_precision, stored_dtype
+
 TYPICAL_WEIGHT = 0.02
 """The magnitude the rule is stated at (the std of a Llama-style initialisation)."""
 
@@ -32,12 +34,12 @@ def precision_warnings(agent_configs: dict, trainer_precision: str | None) -> li
     """One message per trained full-precision agent whose weights would be stored in bf16/fp16 with
     a learning rate below :func:`smallest_effective_lr`, naming the keys to change."""
     messages = []
-    true_precision = {"bf16-true": "bfloat16", "16-true": "float16"}.get(str(trainer_precision))
+    true_precision = TRUE_HALF_PRECISIONS.get(normalise_precision(trainer_precision))
     for role, cfg in agent_configs.items():
         if cfg.lora is not None:
             continue  # peft keeps the adapter weights in fp32
-        stored = true_precision or (cfg.dtype if cfg.dtype in MANTISSA_BITS else None)
-        if stored is None:
+        stored = stored_dtype(trainer_precision, cfg.dtype)
+        if stored not in MANTISSA_BITS:
             continue
         floor = smallest_effective_lr(stored)
         if cfg.lr < floor:

@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from waltzlit.memory_plan import normalise_precision
+
 
 class FSDP2Strategy(ModelParallelStrategy):
     """``ModelParallelStrategy`` whose default is pure data parallelism (FSDP2 over all ranks)."""
@@ -69,7 +71,7 @@ def mixed_precision_policy(precision: str | None):
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(normalise_precision(precision))
     return None if half is None else MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
 
 

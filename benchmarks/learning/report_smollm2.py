@@ -210,7 +210,10 @@ def write_report(out: Path, finished_evals, fits: dict, scalars, run_dir, stage1
         for seed in seeds:
             if (out / "done" / f"{run}_s{seed}.json").is_file():
                 series[f"{run}_s{seed}"] = scalars(f"{run}_s{seed}")
-    summary["train_step_seconds"] = {name: _mean_step(s) for name, s in series.items()}
+    earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    # a run trained in an earlier sitting has no event files here: keep what was measured then
+    summary["train_step_seconds"] = {name: _mean_step(s) or earlier.get("train_step_seconds", {}).get(name, {})
+                                     for name, s in series.items()}
     if series:
         plot_curves(series, out / "curves.png", stage1, batch)
         summary["curves"] = {name: {tag: s.get(tag, []) for tag, _ in CURVES} for name, s in series.items()}

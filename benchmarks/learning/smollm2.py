@@ -169,12 +169,34 @@ def fit(task: Task) -> dict:
         start = last
     elif parent:
         start = run_dir(f"{parent}_s{seed}") / "checkpoints/stage1_end.ckpt"
+        if not start.is_file():  # a later sitting: the parent finished, but its run folder is gone
+            command, seconds = rebuild_stage1(parent, seed, log)
+            record["commands"].append(command)
+            record["seconds"] += seconds
     else:
         start = None
     command = base + ([f"--ckpt_path={start}"] if start else [])
     record["commands"].append(" ".join(command[1:]))
     record["seconds"] += sh(command, log)
     return record
+
+
+def rebuild_stage1(parent: str, seed: int, log: Path) -> tuple[str, float]:
+    """Train ``parent``'s stage 1 again when a variant needs its ``stage1_end.ckpt`` in a later sitting
+    (the finished parent's run folder is not committed). Exact resume makes the checkpoint equal to the
+    one the parent itself continued from. It runs in a folder of its own (killed, it resumes there),
+    so the parent's markers and adapters stay untouched. Returns the command and its seconds."""
+    name = f"{parent}_s{seed}_stage1"
+    last = run_dir(name) / "checkpoints/last.ckpt"
+    command = [sys.executable, "-m", "waltzlit", "fit", "--config", RECIPE, *seed_overrides(seed), *FITS[parent][1],
+               "--trainer.logger.init_args.save_dir=runs/learning", f"--trainer.logger.init_args.name={name}",
+               "--trainer.logger.init_args.version=0", "--trainer.enable_progress_bar=false",
+               f"--model.schedule.total_rl_steps={STAGE1}"] + ([f"--ckpt_path={last}"] if last.is_file() else [])
+    seconds = sh(command, log)
+    target = run_dir(f"{parent}_s{seed}") / "checkpoints/stage1_end.ckpt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(last, target)
+    return " ".join(command[1:]), seconds
 
 
 def evaluate(task: Task) -> dict:
@@ -281,19 +303,30 @@ def take_lock(task: Task) -> Path | None:
     return None
 
 
-def commit(message: str) -> None:
+def commit(message: str, attempts: int = 5) -> None:
+    """Commit the results folder alone; retried while another git command (another driver, a person
+    working in the same checkout) holds the index lock."""
     paths = [str(OUT.relative_to(ROOT))]
-    subprocess.run(["git", "add", "-A", *paths], cwd=ROOT, check=True)
-    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=ROOT).returncode != 0:
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, check=True)
+    for attempt in range(attempts):
+        try:
+            subprocess.run(["git", "add", "-A", *paths], cwd=ROOT, check=True)
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=ROOT, check=False).returncode:
+                subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=ROOT, check=True)
+            return
+        except subprocess.CalledProcessError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(10)
 
 
-def work(tasks: list[Task], do_commit: bool) -> None:
-    """Run every runnable task (dependencies done, not locked by another driver) until none is left."""
+def work(tasks: list[Task], do_commit: bool, only: list[str] | None = None) -> None:
+    """Run every runnable task (dependencies done, not locked by another driver) until none is left;
+    with ``only``, just those tasks, in that order."""
     runners = {"bases": bases, "fit": fit, "eval": evaluate, "repro": repro}
     by_name = {t.name: t for t in tasks}
+    selected = [by_name[name] for name in only] if only else tasks
     while True:
-        pending = [t for t in tasks if not t.done()]
+        pending = [t for t in selected if not t.done()]
         if not pending:
             return
         ready = [t for t in pending if all(by_name[n].done() for n in t.needs if n in by_name)]
@@ -357,6 +390,10 @@ def scalars(name: str) -> dict[str, list[tuple[int, float]]]:
         events.Reload()
         for tag in events.Tags()["scalars"]:
             series.setdefault(tag, {}).update((e.step, e.value) for e in events.Scalars(tag))
+    if not series:  # a run trained in an earlier sitting: its curves were kept in summary.json
+        summary = OUT / "summary.json"
+        stored = json.loads(summary.read_text()).get("curves", {}).get(name, {}) if summary.is_file() else {}
+        return {tag: [tuple(point) for point in points] for tag, points in stored.items()}
     return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
@@ -372,13 +409,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--commit", action="store_true", help="git-commit the results folder after each finished task")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished tasks; train nothing")
+    parser.add_argument("--only", nargs="+", metavar="TASK",
+                        help="run just these tasks, in this order (e.g. to give each of two drivers its own share)")
     args = parser.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tasks = plan(args.seeds)
     if not args.report_only:
         restore_bases(tasks)
-        work(tasks, args.commit)
+        unknown = sorted(set(args.only or []) - {t.name for t in tasks})
+        if unknown:
+            parser.error(f"--only: no task named {', '.join(unknown)}; tasks: {', '.join(t.name for t in tasks)}")
+        work(tasks, args.commit, args.only)
     report(tasks)
 
 

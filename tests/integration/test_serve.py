@@ -199,6 +199,23 @@ def test_silent_clients_are_dropped_and_every_request_is_answered():
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
             started = time.perf_counter()
             assert sock.recv(100) == b"" and time.perf_counter() - started < 5
+        # headers trickled a byte every 0.2 s: each read is quick, the whole request is not; dropped
+        # after read_timeout_s in all (a per-read timeout would keep it for the ~40 s of the trickle)
+        with socket.create_connection((host, port), timeout=10) as sock:
+            request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 150
+            started, dropped = time.perf_counter(), False
+            for byte in request:
+                try:
+                    sock.sendall(bytes([byte]))
+                    sock.settimeout(0.2)
+                    dropped = sock.recv(100) == b""  # closed: EOF; still open: a timeout
+                except TimeoutError:
+                    pass
+                except OSError:
+                    dropped = True
+                if dropped:
+                    break
+            assert dropped and time.perf_counter() - started < 3
         # more idle connections than threads: the extra ones get 503 at once, the rest time out
         idle = [socket.create_connection((host, port), timeout=10) for _ in range(12)]
         time.sleep(0.3)

@@ -11,8 +11,10 @@ feedback, plus ``GET /health`` and ``GET /v1/models``. Standard library only.
   on the models (a lock): one torch model serves one ``generate`` at a time. The listen backlog is
   128 and at most ``max_connections`` connections get a thread; one more is answered 503 at once,
   so every request gets an HTTP answer.
-- Slow or silent clients: each read of headers or body times out after ``read_timeout_s`` (10 s)
-  and the connection is closed. After a 4xx for a body whose length is unknown or invalid
+- Slow or silent clients: a request (its request line, headers and body) must arrive within
+  ``read_timeout_s`` (10 s) in all, counted from when the server starts waiting for it; then the
+  connection is closed. A per-read timeout alone would let a client that sends one byte a second
+  hold a thread for ever. After a 4xx for a body whose length is unknown or invalid
   (``Content-Length`` missing or not a number, ``Transfer-Encoding``), the connection is closed
   too: the unread body must never be parsed as a next request.
 - Prompts longer than the conversation model's context are cut to its own limit (the model's
@@ -24,6 +26,7 @@ feedback, plus ``GET /health`` and ``GET /v1/models``. Standard library only.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -141,13 +144,46 @@ def completion_body(response, model: str, expose_feedback: bool) -> dict:
     return body
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, each read waiting only until ``deadline`` (time.monotonic()): the
+    socket timeout is set to the time left before every read, so a trickle cannot extend it."""
+
+    def __init__(self, sock) -> None:
+        super().__init__()
+        self.sock, self.deadline = sock, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive within read_timeout_s")
+        self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ChatServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # every read of headers and body (socketserver applies it)
+        self.timeout = self.server.read_timeout_s  # writes of a reply: a client that stops reading is dropped
         super().setup()
+        self.rfile.close()  # reads go through the deadline instead
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # One deadline for the wait, the request line, the headers and the body of each request.
+        self._reader.deadline = time.monotonic() + self.server.read_timeout_s
+        super().handle_one_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # The last read left the socket timeout at what remained of the request's deadline; a reply
+        # (ours or http.server's own errors) gets the full read_timeout_s per write.
+        self.connection.settimeout(self.server.read_timeout_s)
+        super().send_response(code, message)
 
     def handle(self) -> None:
         try:
@@ -314,7 +350,8 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--max_connections", type=int, default=64,
                         help="Connections served at once (a thread each); more get 503 at once.")
     parser.add_argument("--read_timeout_s", type=float, default=10.0,
-                        help="Seconds any read of a request's headers or body may wait; then the connection closes.")
+                        help="Seconds a whole request (headers and body) may take to arrive; then the connection "
+                             "closes.")
     namespace = parser.instantiate(parser.parse_args(args))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     system = load_deployed(deploy_config(namespace))

@@ -326,3 +326,31 @@ def test_timeout_bounds_the_whole_request_even_when_the_reply_trickles():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_timeout_bounds_the_whole_request_even_when_the_headers_trickle():
+    # urllib reads the status line and headers before it returns, each read under the socket
+    # timeout only: 30 header lines at 0.05 s a byte would take ~20 s without the deadline.
+    body = _completion("Harmful request: yes\nResponse refusal: no\nHarmful response: yes")
+
+    def trickle_headers(h):
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Padding-%d: a\r\n" % i for i in range(30))
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        for byte in head + body:
+            try:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    httpd, url, _ = _serve(trickle_headers)
+    try:
+        judge = OpenAIChatJudge(base_url=url, timeout_s=1.0, max_retries=0)
+        started = time.perf_counter()
+        with pytest.raises(JudgeError, match="timed out"):
+            judge.judge(RECORDS[:1], RESPONSES[:1])
+        assert time.perf_counter() - started < 3.0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

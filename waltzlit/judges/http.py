@@ -22,19 +22,22 @@ local judges, and it is counted in ``parse_errors``.
 
 Limits: redirects are never followed (a 3xx is a :class:`JudgeError` naming its target), so the
 ``Authorization`` header only ever goes to ``base_url``'s origin; a reply larger than
-``max_reply_bytes`` (4 MB) is a :class:`JudgeError`; ``timeout_s`` bounds a whole request, connect
-and body together, however slowly a server trickles its reply.
+``max_reply_bytes`` (4 MB) is a :class:`JudgeError`; ``timeout_s`` bounds a whole request, however
+slowly a server trickles its status line, headers or body: a timer shuts the request's socket when
+the time is up (a socket timeout only bounds one read). A connection attempt under way at that
+moment still ends at its own timeout (``timeout_s``); name resolution is the system's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import os
 import random
+import socket
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,6 +72,87 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None
+
+
+_requests = threading.local()
+"""The :class:`_Deadline` of the request this thread is making (urllib opens connections on it)."""
+
+
+class _Deadline:
+    """Shuts the socket of this thread's request when ``seconds`` have passed.
+
+    urllib reads the status line and headers before it returns, with a timeout per read only, so a
+    server sending one byte a second could hold a request for as long as it likes; shutting the
+    socket ends any read at once. The socket is duplicated when it connects: shutdown acts on the
+    connection behind every descriptor, and a TLS wrapper takes over (detaches) the original object.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> None:
+        _requests.deadline = self
+        self._timer.start()
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _requests.deadline = None
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock.dup()
+            fired = self.fired
+        if fired:
+            self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(connection_class: type) -> type:
+    """``connection_class`` whose new sockets are handed to this thread's :class:`_Deadline`."""
+
+    class Watched(connection_class):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            create = self._create_connection
+
+            def create_watched(*create_args, **create_kwargs):
+                sock = create(*create_args, **create_kwargs)
+                deadline = getattr(_requests, "deadline", None)
+                if deadline is not None:
+                    deadline.watch(sock)
+                return sock
+
+            self._create_connection = create_watched
+
+    return Watched
+
+
+_WATCHED = {http.client.HTTPConnection: _watched(http.client.HTTPConnection),
+            http.client.HTTPSConnection: _watched(http.client.HTTPSConnection)}
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **http_conn_args):
+        return super().do_open(_WATCHED.get(http_class, http_class), req, **http_conn_args)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **http_conn_args):
+        return super().do_open(_WATCHED.get(http_class, http_class), req, **http_conn_args)
 
 
 class _Retryable(Exception):
@@ -143,7 +227,8 @@ class OpenAIChatJudge(Judge):
         # A proxy can never reach this machine's loopback; honour proxy settings for anything else.
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
-        self._opener = urllib.request.build_opener(*handlers, _NoRedirect())
+        self._opener = urllib.request.build_opener(*handlers, _NoRedirect(), _WatchedHTTPHandler(),
+                                                   _WatchedHTTPSHandler())
         self.parse_errors = 0
         self.num_verdicts = 0
         self.num_retries = 0
@@ -160,10 +245,20 @@ class OpenAIChatJudge(Judge):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        deadline = time.monotonic() + self.timeout_s
+        deadline = _Deadline(self.timeout_s)
+        with deadline:
+            try:
+                return self._exchange(request)
+            except (_Retryable, JudgeError) as err:
+                if deadline.fired:  # whatever broke, it broke because the time was up
+                    raise _Retryable(f"timed out: the request took longer than timeout_s={self.timeout_s}") from err
+                raise
+
+    def _exchange(self, request: urllib.request.Request) -> str:
+        """Send ``request``, read the reply -> the completion text. Raises _Retryable or JudgeError."""
         try:
             with self._opener.open(request, timeout=self.timeout_s) as reply:
-                payload = self._read_reply(reply, deadline)
+                payload = self._read_reply(reply)
         except urllib.error.HTTPError as err:
             if 300 <= err.code < 400:
                 target = err.headers.get("Location") if err.headers else None
@@ -190,16 +285,10 @@ class OpenAIChatJudge(Judge):
             raise _Retryable(f"completion content is {type(content).__name__}, not text: {payload[:200]!r}")
         return content
 
-    def _read_reply(self, reply, deadline: float) -> bytes:
-        """The reply body, read in pieces: at most ``max_reply_bytes``, and done by ``deadline``."""
-        sock = getattr(getattr(getattr(reply, "fp", None), "raw", None), "_sock", None)
+    def _read_reply(self, reply) -> bytes:
+        """The reply body, read in pieces: at most ``max_reply_bytes``."""
         chunks, size = [], 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Retryable(f"timed out: the reply took longer than timeout_s={self.timeout_s}")
-            if sock is not None:
-                sock.settimeout(remaining)  # one slow read cannot outlast the request's deadline
             chunk = reply.read1(65536) if hasattr(reply, "read1") else reply.read(65536)
             if not chunk:
                 return b"".join(chunks)

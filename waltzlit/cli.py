@@ -8,6 +8,7 @@ shows the complete resolved configuration.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -105,6 +106,10 @@ class WaltzCLI(LightningCLI):
             return
         if subcommand == "fit":
             _continue_in_the_run_folder(self.config[subcommand], Path(ckpt_path))
+        else:
+            # Validating writes no checkpoint: ModelCheckpoint's note that its state is not
+            # reloaded into another run folder only reads like a resume gone wrong.
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
         try:
             stored = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
             given = self.config[subcommand]["model"].as_dict()
@@ -161,6 +166,9 @@ def _continue_in_the_run_folder(config, ckpt_path: Path) -> None:
     if same:
         init_args.version = int(run.name[len("version_"):])
         log.info("resuming in %s (set trainer.logger.init_args.version for a new folder)", run)
+        # The folder holds the checkpoint being resumed: Lightning's "not empty" warning is expected.
+        checkpoints = re.escape(f"{run.parent.name}/{run.name}/checkpoints")
+        warnings.filterwarnings("ignore", message=rf"Checkpoint directory .*{checkpoints} exists and is not empty")
 
 
 def _comparable(value):

@@ -137,7 +137,7 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, waltz_cache, capsys):
     assert "nothing to train" in capsys.readouterr().err
 
 
-def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, waltz_cache):
+def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, waltz_cache, recwarn):
     common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
               f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
               "--model.schedule.stage1_steps=1"]
@@ -146,10 +146,30 @@ def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, walt
     last = run / "checkpoints" / "last.ckpt"
     dead = run / "checkpoints" / ".last.ckpt.999999.tmp"  # a save killed mid-write by a process now gone
     dead.write_bytes(b"partial")
-    main(args=["fit", *common, "--model.schedule.total_rl_steps=2", f"--ckpt_path={last}"])
+    recwarn.clear()
+    cli = main(args=["fit", *common, "--model.schedule.total_rl_steps=2", f"--ckpt_path={last}"])
+    assert cli.model.rl_step == 2  # continued to the raised total
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]  # no version_1
     assert not dead.exists()
     assert len(list(run.glob("events.out.tfevents.*"))) == 2  # both invocations log into version_0
+    # the folder holds the resumed checkpoint by design: no "directory exists and is not empty"
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+
+
+def test_validating_a_checkpoint_does_not_speak_of_resuming(tmp_path, waltz_cache, caplog, recwarn):
+    common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
+              f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+              "--model.schedule.stage1_steps=1"]
+    main(args=["fit", *common, "--model.schedule.total_rl_steps=1"])
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    caplog.clear()
+    recwarn.clear()
+    with caplog.at_level("INFO", logger="waltzlit"):
+        main(args=["validate", *common, "--model.schedule.total_rl_steps=2", f"--ckpt_path={last}"])
+    assert "validating" in caplog.text and "model.schedule.total_rl_steps: 1 -> 2" in caplog.text
+    assert "checkpoint loaded at RL step 1" in caplog.text
+    assert "resum" not in caplog.text.lower()
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
 
 
 def test_a_full_ft_step_at_the_paper_lr_moves_the_weights_with_fp32_masters(tmp_path, waltz_cache, caplog):

@@ -378,4 +378,6 @@ class WaltzModule(LightningModule):
         torch.set_rng_state(state["torch_rng_state"])
         if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_state"])
-        log.info("resuming at RL step %d (stage %d)", self.rl_step, self.stage)
+        # validate/test load a checkpoint too: only fit resumes from it
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        log.info("%s at RL step %d (stage %d)", "resuming" if fitting else "checkpoint loaded", self.rl_step, self.stage)

@@ -27,6 +27,7 @@ PARSE_TIME = {
     "unknown section": (["--model.no_such_section.x=1"], ["no_such_section", "--help"]),
     "wrong type float": (["--model.algorithm.kl_coef=abc"], ["model.algorithm.kl_coef", "expected a number", "'abc'"]),
     "wrong type int": (["--model.schedule.total_rl_steps=many"], ["model.schedule.total_rl_steps", "expected an integer"]),
+    "alpha: high": (["--model.reward.alpha=high"], ["model.reward.alpha", "expected a number", "'high'"]),
     "negative beta": (["--model.algorithm.kl_coef=-0.1"], ["kl_coef", ">= 0"]),
     "negative lambda stage 1": (["--model.reward.label_weight_stage1=-0.25"], ["reward.label_weight_stage1", ">= 0"]),
     "negative lambda stage 2": (["--model.reward.label_weight_stage2=-1"], ["reward.label_weight_stage2", ">= 0"]),
@@ -152,5 +153,15 @@ def test_bad_files_are_named_with_what_is_wrong(tmp_path, capsys):
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "label": 1}\n{broken\n')
     for name, fragment in (("header.csv", "has no rows (a header only?)"), ("empty.csv", "is empty"),
                            ("broken.jsonl", "line 2 is not valid JSON")):
-        with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        with pytest.raises(ValueError) as info:
             load_prompt_source(PromptSourceConfig(name="file", path=str(tmp_path / name)))
+        assert f"{tmp_path / name} {fragment}" in str(info.value)  # the file, then what is wrong with it
+
+
+def test_null_judge_and_sources_say_the_default_they_take(caplog):
+    # An explicit null is not an error: the run takes the default and says which, at start.
+    with caplog.at_level("INFO", logger="waltzlit"):
+        main(args=["--config", str(REPO_ROOT / "conf/tiny.yaml"), "--model.judge=null", "--data.train_sources=null",
+                   "--trainer.logger=false"], run=False)
+    assert "model.judge not set: using the rule judge" in caplog.text
+    assert "data.train_sources not set: training on the built-in prompt set" in caplog.text

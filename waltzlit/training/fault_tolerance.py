@@ -2,9 +2,10 @@
 
 * :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the target folder and
   renames it into place (``os.replace`` is atomic on POSIX), so a crash or a full disk during a save
-  leaves the previous ``last.ckpt`` as it was. It loads with ``torch.load(weights_only=True)``
-  unless the caller explicitly passes ``weights_only=False``: a checkpoint can then hold tensors and
-  plain Python values only, never code.
+  leaves the previous ``last.ckpt`` as it was. It loads with ``torch.load(weights_only=True)``: a
+  checkpoint can hold tensors and plain Python values only, never code. A file that needs more
+  stops the run; only ``weights_only: false`` together with ``WALTZLIT_TRUST_CHECKPOINT_CODE=1``
+  loads it.
 * :class:`WaltzCheckpoint` (the CLI's ``checkpoint:`` section) is Lightning's ``ModelCheckpoint``
   plus ``every_n_rl_steps``: ``trainer.global_step`` counts optimizer steps (one per RL step in
   stage 1, two in stage 2), so ``every_n_train_steps`` cannot say "after every RL step". It also

@@ -39,7 +39,7 @@ def test_sharded_update_matches_single_process(tmp_path):
     assert moved > 0
 
 
-def _cli(tmp_path, *extra):
+def _cli(tmp_path, *extra, export_directory: bool = True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     args = [
         sys.executable, "-m", "waltzlit", "fit", "--config", "conf/tiny.yaml", "--config", "conf/strategy/fsdp.yaml",
@@ -47,7 +47,7 @@ def _cli(tmp_path, *extra):
         "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=100",
         "--model.conversation.warm_start.steps=40", "--model.feedback.warm_start.steps=40",
         "--model.rollout.conversation.max_new_tokens=16", "--model.rollout.feedback.max_new_tokens=48",
-        "--data.batch_size=4", f"--export.directory={tmp_path}/agents", *extra,
+        "--data.batch_size=4", *([f"--export.directory={tmp_path}/agents"] if export_directory else []), *extra,
     ]
     done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,8 +56,10 @@ def _cli(tmp_path, *extra):
 
 @pytest.mark.slow
 def test_two_process_fit_then_resume_from_sharded_checkpoint(tmp_path):
-    _cli(tmp_path / "a", "--model.schedule.total_rl_steps=2", "--model.schedule.stage1_steps=1")
+    # the default export folder (<log_dir>/agents): trainer.log_dir is a collective, asked on every rank
+    _cli(tmp_path / "a", "--model.schedule.total_rl_steps=2", "--model.schedule.stage1_steps=1", export_directory=False)
     last = tmp_path / "a" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert (tmp_path / "a" / "tiny" / "version_0" / "agents" / "feedback" / "config.json").is_file()
     assert last.is_dir() and any(last.glob("*.distcp")), "expected a sharded (distributed) checkpoint"
     meta = torch.load(last / "meta.pt", weights_only=False)
     assert meta["waltzlit"]["rl_step"] == 2

@@ -95,9 +95,10 @@ class AgentExport(Callback):
         if getattr(pl_module, "finished_before_start", False):
             return  # nothing was trained: the earlier export stands
         state_dicts = gather_full_state_dicts(pl_module)  # every rank takes part in the gather
+        # trainer.log_dir broadcasts rank 0's folder: every rank asks, or rank 0 waits for the others
+        directory = self.directory or str(Path(trainer.log_dir or trainer.default_root_dir) / "agents")
         if not trainer.is_global_zero:
             return
-        directory = self.directory or str(Path(trainer.log_dir or trainer.default_root_dir) / "agents")
         for role, folder in export_agents(pl_module, directory, self.merge_lora, state_dicts).items():
             self.exported[role] = str(folder)
             log.info("exported the %s agent to %s", role, folder)

@@ -35,16 +35,22 @@ def _unit(path: Path) -> str:
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, source: str | None = None) -> set[str]:
+    """The top-level modules and subpackages of waltzlit that ``path`` (or ``source`` read as that
+    file) imports: absolute imports, ``from waltzlit import x`` and relative imports (resolved
+    against the file's package) alike, so that no spelling of an import slips past the rule."""
+    package = list(path.relative_to(PACKAGE.parent).parent.parts)  # e.g. ["waltzlit", "deploy"]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            parts = name.split(".")
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
+        if isinstance(node, ast.Import):
+            modules = [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = base + (node.module.split(".") if node.module else [])
+            modules = [module + [alias.name] for alias in node.names]  # the names may be subpackages
+        else:
+            continue
+        for parts in modules:
             if parts[0] == "waltzlit" and len(parts) > 1:
                 found.add(parts[1])
     return found
@@ -64,3 +70,15 @@ def test_imports_point_down():
                 violations.append(f"{path.relative_to(PACKAGE.parent)} ({unit}, layer {LAYERS[unit]}) imports "
                                   f"{target} (layer {LAYERS.get(target)})")
     assert not violations, "imports that do not point down:\n" + "\n".join(violations)
+
+
+def test_every_spelling_of_an_import_is_read():
+    # deploy (layer 6) reaching sideways into training (layer 6), written each way Python allows
+    chat = PACKAGE / "deploy" / "chat.py"
+    for source in ("import waltzlit.training.module", "from waltzlit.training.module import WaltzModule",
+                   "from waltzlit import training", "from ..training import module",
+                   "from ..training.module import WaltzModule", "def f():\n    from .. import training"):
+        assert _imports(chat, source) == {"training"}, source
+    assert _imports(chat, "from . import pipeline\nfrom .pipeline import Response") == {"deploy"}
+    assert _imports(PACKAGE / "cli.py", "from .training.module import WaltzModule") == {"training"}
+    assert _imports(PACKAGE / "deploy" / "__init__.py", "from .chat import main") == {"deploy"}

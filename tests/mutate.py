@@ -1,23 +1,30 @@
 """Single-line mutations of the method's code: each must make the unit tests fail.
 
-    python tests/mutate.py            # every mutation, ~2 min on 2 CPU cores
+    python tests/mutate.py            # every mutation, ~3 min on 2 CPU cores
     python tests/mutate.py -k dir     # the mutations whose name contains "dir"
 
-Each mutation replaces one line's text in ``waltzlit/`` (the file is restored afterwards, also on
-Ctrl-C), runs the unit tests that cover that code, and must see them fail. A mutation that
-survives is a missing test: the line could be broken and nothing would notice. Add a mutation here
-when you add a formula or a branch of the stage logic (CONTRIBUTING.md, "Tests").
+Each mutation replaces one line's text in a copy of ``waltzlit/`` (made once in a temporary folder
+with the tests and recipes), runs the unit tests that cover that code there, and must see them
+fail. The working tree is never written: a benchmark or a fit started meanwhile from it would
+otherwise import the broken line. A mutation that survives is a missing test: the line could be
+broken and nothing would notice. Add a mutation here when you add a formula or a branch of the
+stage logic (CONTRIBUTING.md, "Tests").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("waltzlit", "tests", "conf", "pyproject.toml")
+"""What the mutated tests need: the package, the tests, the recipes and pytest's settings."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,14 @@ MUTATIONS = [
              STAGES),
     Mutation("freeze ignored", "waltzlit/training/module.py",
              "if stage == 2 and not self.schedule.freeze_conversation:", "if stage == 2:", STAGES),
+    Mutation("stage boundary off by one", "waltzlit/config.py",
+             "return 1 if rl_step < self.stage1_steps else 2", "return 1 if rl_step <= self.stage1_steps else 2",
+             STAGES),
+    Mutation("step scored with stage 1's lambda", "waltzlit/training/module.py",
+             "scores = self._score(stage, episodes)", "scores = self._score(1, episodes)", STAGES),
+    Mutation("step trains stage 2's agents", "waltzlit/training/module.py",
+             "batches = self._samples(stage, episodes, scores, groups, rng)",
+             "batches = self._samples(2, episodes, scores, groups, rng)", STAGES),
     # algorithms (eq. 4, REINFORCE++)
     Mutation("ppo clip without the pessimistic min", "waltzlit/algorithms/policy_losses.py",
              "surrogate = torch.minimum(unclipped, clipped)", "surrogate = unclipped", ALGORITHMS),
@@ -71,16 +86,33 @@ MUTATIONS = [
 ]
 
 
-def run(mutation: Mutation) -> bool:
-    """Apply ``mutation``, run its tests; True when they fail (the mutation is killed)."""
-    path = ROOT / mutation.path
+def copy_of_the_repository(into: Path) -> dict[str, str]:
+    """Copy ``COPIED`` into ``into``; returns the environment under which Python imports the copy's
+    ``waltzlit`` (the editable install's finder comes after the working directory on the path)."""
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, into / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, into / name)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(into), os.environ.get("PYTHONPATH")])))
+    found = subprocess.run([sys.executable, "-c", "import waltzlit; print(waltzlit.__file__)"], cwd=into, env=env,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    if not found.startswith(str(into)):
+        raise SystemExit(f"the copy in {into} is not what Python imports ({found!r}); mutations would go unseen")
+    return env
+
+
+def run(mutation: Mutation, copy: Path, env: dict[str, str]) -> bool:
+    """Apply ``mutation`` to ``copy``, run its tests there; True when they fail (the mutation is killed)."""
+    path = copy / mutation.path
     original = path.read_text()
     if original.count(mutation.old) != 1:
         raise SystemExit(f"{mutation.name}: {mutation.old!r} occurs {original.count(mutation.old)} times in {mutation.path}")
     try:
         path.write_text(original.replace(mutation.old, mutation.new))
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
-                                cwd=ROOT, capture_output=True, text=True)
+                                cwd=copy, env=env, capture_output=True, text=True, check=False)
     finally:
         path.write_text(original)
     return result.returncode != 0
@@ -91,11 +123,14 @@ def main() -> int:
     parser.add_argument("-k", default="", help="run only mutations whose name contains this")
     args = parser.parse_args()
     survivors = []
-    for mutation in [m for m in MUTATIONS if args.k in m.name]:
-        killed = run(mutation)
-        print(f"{'killed  ' if killed else 'SURVIVED'}  {mutation.name}  ({mutation.path})", flush=True)
-        if not killed:
-            survivors.append(mutation.name)
+    with tempfile.TemporaryDirectory(prefix="waltzlit-mutate-") as folder:
+        copy = Path(folder)
+        env = copy_of_the_repository(copy)
+        for mutation in [m for m in MUTATIONS if args.k in m.name]:
+            killed = run(mutation, copy, env)
+            print(f"{'killed  ' if killed else 'SURVIVED'}  {mutation.name}  ({mutation.path})", flush=True)
+            if not killed:
+                survivors.append(mutation.name)
     print(f"{len(survivors)} mutation(s) survived" + (": " + ", ".join(survivors) if survivors else ""))
     return 1 if survivors else 0
 

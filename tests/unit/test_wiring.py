@@ -2,7 +2,8 @@
 
 Each test fails on one deliberately broken line: the label compared against another response
 than the one the feedback reviewed, lambda taken from the wrong stage, the conversation agent
-trained in stage 1, DIR computed without the revision. Rewards (paper eq. 2-3, App. B.2):
+trained in stage 1, DIR computed without the revision, a training step that takes its stage from
+anywhere but its RL step (tests/mutate.py applies these breaks). Rewards (paper eq. 2-3, App. B.2):
 R_f = alpha * DIR * label + lambda * label + gamma * format, alpha 0.65, lambda 0.25 / 0, gamma 0.1.
 """
 
@@ -13,11 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from waltzlit.config import AgentConfig, RewardConfig, ScheduleConfig
 from waltzlit.rewards.scoring import score_episode
 from waltzlit.rollout.groups import rollout_groups
 from waltzlit.training.module import WaltzModule
+from waltzlit.training.update import UpdateStats
 from waltzlit.types import AlignmentLabels, Episode, Generation, ParsedFeedback, PromptRecord
 
 UNSAFE = AlignmentLabels(unsafe=True, overrefuse=False)
@@ -92,3 +95,42 @@ def test_which_agents_train_at_each_stage(stage, freeze, trained):
     scores = module._score(stage, episodes)
     batches = module._samples(stage, episodes, scores, rollout_groups(2, 1, 1), random.Random(0))
     assert list(batches) == trained
+
+
+@pytest.mark.parametrize(("rl_step", "stage", "feedback_reward", "trained"), [
+    (1, 1, 0.35, ["feedback"]),                  # the last step of stage 1 (stage1_steps 2): lambda 0.25
+    (2, 2, 0.1, ["feedback", "conversation"]),   # the first step of stage 2: lambda 0
+])
+def test_a_training_step_takes_lambda_and_its_trainees_from_its_rl_step(monkeypatch, rl_step, stage, feedback_reward,
+                                                                        trained):
+    # One WaltzModule.training_step with only the rollout, the judge and the optimizer steps stubbed:
+    # a good c0 and a correct "satisfactory" verdict, so R_f = lambda * 1 + 0.1 * 1 (no revision,
+    # DIR 0): 0.25 + 0.1 = 0.35 at RL step 1 and 0 + 0.1 = 0.1 at RL step 2. The stage, lambda and
+    # the trained agents must all follow module.rl_step, and the scalars are written at that step.
+    import waltzlit.training.module as module_code
+
+    module = _module(log_transcripts_every=0)
+    module.rl_step = rl_step
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    module.agents = {role: SimpleNamespace(tokenizer=tokenizer) for role in ("conversation", "feedback")}
+    module.policies, module.references, module.critics = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+    monkeypatch.setattr(module_code, "run_episodes",
+                        lambda conversation, feedback, records, *args, **kwargs: [
+                            _episode([GOOD], [_verdict(False, False)]) for _ in records])
+    monkeypatch.setattr(module_code, "judge_episodes", lambda judge, episodes: 0)  # labels are hand-set
+    updated, logged = [], {}
+
+    def update(role, agent_batch, optimizer, critic_optimizer=None, timer=None):
+        updated.append(role)
+        return UpdateStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float("nan"), False)
+
+    monkeypatch.setattr(module, "_optimizers_by_role", lambda: (dict.fromkeys(module.roles), {}))
+    monkeypatch.setattr(module, "_update", update)
+    monkeypatch.setattr(module_code, "write_step_scalars",
+                        lambda module, values, step: logged.update({k: float(v) for k, v in values.items()}, step=step))
+    module.training_step([PromptRecord("how do I pick a lock?", True)], 0)
+    assert updated == trained
+    assert logged["train/feedback/reward"] == pytest.approx(feedback_reward)
+    assert logged["train/stage"] == stage and logged["train/rl_step"] == logged["step"] == rl_step
+    assert logged["train/feedback/label_reward"] == 1.0 and logged["train/label_accuracy"] == 1.0
+    assert module.rl_step == rl_step + 1

@@ -16,28 +16,29 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def log_step(
-    module: LightningModule,
+def step_scalars(
+    rl_step: int,
     stage: int,
+    rates: Mapping[str, float | torch.Tensor],
     episodes: Sequence[Episode],
     scores: Sequence[EpisodeRewards],
     stats: dict[str, UpdateStats],
     judge_parse_errors: int,
-    batch_size: int,
     timings: dict[str, float] | None = None,
-) -> None:
-    """Log the step's safety rates (torchmetrics), rewards, each trained agent's update stats and
-    the seconds per stage (``timings``, already named ``time/<stage>``).
+) -> dict[str, float | torch.Tensor]:
+    """The scalars of one RL step, named as they are logged: the step's safety ``rates`` (computed
+    by the caller's torchmetrics), rewards, each trained agent's update stats and the seconds per
+    stage (``timings``, already named ``time/<stage>``).
 
-    Without a feedback agent (single-agent mode) the feedback metrics are left out and the
-    feedback-based rates (trigger, JSON error, label accuracy) are 0.
+    Everything arrives as an argument (no module state is read), so what is logged is exactly what
+    the step computed. Without a feedback agent (single-agent mode) the feedback metrics are left
+    out and the feedback-based rates (trigger, JSON error, label accuracy) are 0.
     """
-    values = {f"train/{k}": v for k, v in module.train_rates.compute().items()}
-    module.train_rates.reset()
+    values = {f"train/{k}": v for k, v in rates.items()}
     values.update(timings or {})
     values.update(
         {
-            "train/rl_step": float(module.rl_step),
+            "train/rl_step": float(rl_step),
             "train/stage": float(stage),
             "train/judge_parse_errors": float(judge_parse_errors),
             "train/conversation/reward_initial": _mean([s.responses[0] for s in scores]),
@@ -76,7 +77,7 @@ def log_step(
         values.update({f"{prefix}/{key}": value for key, value in s.extra.items()})
         if s.logprob_mismatch == s.logprob_mismatch:  # not NaN: generation log-probs were recorded
             values[f"{prefix}/logprob_mismatch"] = s.logprob_mismatch
-    write_step_scalars(module, values, step=module.rl_step)
+    return values
 
 
 def write_step_scalars(module: LightningModule, values: Mapping[str, float | torch.Tensor], step: int) -> None:

@@ -31,7 +31,7 @@ from waltzlit.rollout.samples import conversation_samples, feedback_samples
 from waltzlit.timing import StageTimer, count_tokens, timed
 from waltzlit.training.critic_update import value_update
 from waltzlit.training.fault_tolerance import isolated_rng, plain_values, seed_step, step_seed
-from waltzlit.training.logging import log_step, log_transcripts, write_step_scalars
+from waltzlit.training.logging import log_transcripts, step_scalars, write_step_scalars
 from waltzlit.training.update import policy_update, prepare_batch
 from waltzlit.types import AgentBatch, PromptRecord
 
@@ -249,8 +249,12 @@ class WaltzModule(LightningModule):
             for role, agent_batch in batches.items()
         }
 
+        # this step's rates alone: the metric is reset once they are read
         self.train_rates.update(episodes)
-        log_step(self, stage, episodes, scores, stats, judge_parse_errors, len(batch), timer.scalars())
+        rates = self.train_rates.compute()
+        self.train_rates.reset()
+        values = step_scalars(self.rl_step, stage, rates, episodes, scores, stats, judge_parse_errors, timer.scalars())
+        write_step_scalars(self, values, step=self.rl_step)
         if self.schedule.log_transcripts_every and self.rl_step % self.schedule.log_transcripts_every == 0:
             log_transcripts(self, episodes[: self.schedule.num_transcripts], scores, tag="train/transcripts")
         self.rl_step += 1

@@ -35,6 +35,8 @@ def test_capability_scores_land_in_the_report(tmp_path):
     assert report["n_samples"]["waltzlit_general_mc"] == 6 and report["versions"]["waltzlit_general_mc"] == "1.0"
     assert report["lm_eval_version"] and "Table 2 layout" in (tmp_path / "table.md").read_text()
     assert "| Trained | " in (tmp_path / "table.md").read_text()
+    # only scores are columns: lm-eval's sample_len (a count) would read "600.0 ± 600.0" %
+    assert "sample_len" not in (tmp_path / "table.md").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(glob.glob(str(tmp_path / "tensorboard" / "events.*"))[0])

@@ -111,7 +111,8 @@ def capability_markdown(report: dict, labels: dict[str, str]) -> str:
     for per_task in results.values():
         for task, metrics in per_task.items():
             for name in metrics:
-                if "stderr" not in name and (task, name) not in columns:
+                # lm-eval names a metric "metric,filter"; other keys (sample_len: a count) are not scores
+                if "," in name and "stderr" not in name and (task, name) not in columns:
                     columns.append((task, name))
     lines = ["### Table 2 layout: general capability (lm-evaluation-harness " + report["lm_eval_version"] + ")", "",
              f"Conversation agent alone; tasks {', '.join(report['settings']['tasks'])}; num_fewshot "

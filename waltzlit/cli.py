@@ -84,6 +84,12 @@ class WaltzCLI(LightningCLI):
         if self.trainer.is_global_zero:
             sys.stderr.write(run_summary(self.trainer, self.model) + "\n")
 
+    def after_validate(self) -> None:
+        """validate's rates go to TensorBoard (not through ``self.log``, so Lightning prints no
+        table): say them, and where they were written."""
+        if self.trainer.is_global_zero:
+            sys.stderr.write(validation_summary(self.trainer, self.model) + "\n")
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(WaltzCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
@@ -140,6 +146,30 @@ def run_summary(trainer: Trainer, module: WaltzModule) -> str:
     for callback in trainer.callbacks:
         for role, folder in getattr(callback, "exported", {}).items():
             lines.append(f"  {role} agent: {folder}")
+    if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
+        lines.append(f"  TensorBoard: {trainer.logger.log_dir}   (view: tensorboard --logdir {trainer.logger.log_dir})")
+    return "\n".join(lines)
+
+
+VALIDATION_RATES = (
+    ("unsafe", "unsafe_rate"), ("over-refusal", "overrefusal_rate"), ("feedback trigger", "trigger_rate"),
+    ("label accuracy", "label_accuracy"), ("JSON errors", "json_error_rate"),
+)
+"""What ``validate`` prints (``val/<key>``; unsafe and over-refusal as first answer -> final answer)."""
+
+
+def validation_summary(trainer: Trainer, module: WaltzModule) -> str:
+    """The summary ``validate`` prints: the RL step validated, the rates, the TensorBoard folder."""
+    metrics = trainer.callback_metrics
+    shown = []
+    for name, key in VALIDATION_RATES:
+        if f"val/{key}_initial" in metrics and f"val/{key}_final" in metrics:
+            shown.append(f"{name} {float(metrics[f'val/{key}_initial']):.3f} -> {float(metrics[f'val/{key}_final']):.3f}")
+        elif f"val/{key}" in metrics:
+            shown.append(f"{name} {float(metrics[f'val/{key}']):.3f}")
+    lines = [f"waltzlit: validated at RL step {module.rl_step} of {module.schedule.total_rl_steps} (stage {module.stage})"]
+    if shown:
+        lines.append("  validation (first answer -> final): " + ", ".join(shown))
     if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
         lines.append(f"  TensorBoard: {trainer.logger.log_dir}   (view: tensorboard --logdir {trainer.logger.log_dir})")
     return "\n".join(lines)
@@ -227,12 +257,27 @@ def _show_waltzlit_info() -> None:
         logger.setLevel(logging.INFO)
 
 
+class _NoAdvertisement(logging.Filter):
+    """Lightning 2.6 says "💡 Tip: ... try installing litlogger" on every run: about a product, not the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+def _quiet_lightning_tips() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):
+            logger.addFilter(_NoAdvertisement())
+
+
 def main(args: list[str] | None = None, run: bool = True, cli_class: type[WaltzCLI] = WaltzCLI) -> LightningCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates
     (and ``waltzlit.plan`` passes a ``cli_class`` that instantiates nothing)."""
     from jsonargparse import set_parsing_settings
 
     _show_waltzlit_info()
+    _quiet_lightning_tips()
     _check_config_files(sys.argv[1:] if args is None else list(args))
     # --help shows each option's description from the config dataclasses' attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)

@@ -156,7 +156,7 @@ def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, walt
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
 
 
-def test_validating_a_checkpoint_does_not_speak_of_resuming(tmp_path, waltz_cache, caplog, recwarn):
+def test_validating_a_checkpoint_does_not_speak_of_resuming(tmp_path, waltz_cache, caplog, recwarn, capsys):
     common = ["--config", str(REPO_ROOT / "conf/tiny.yaml"), *FAST, "--trainer.val_check_interval=1000",
               f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
               "--model.schedule.stage1_steps=1"]
@@ -170,6 +170,10 @@ def test_validating_a_checkpoint_does_not_speak_of_resuming(tmp_path, waltz_cach
     assert "checkpoint loaded at RL step 1" in caplog.text
     assert "resum" not in caplog.text.lower()
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    # the rates are said on the terminal too (they go to TensorBoard, so Lightning prints no table)
+    summary = capsys.readouterr().err
+    assert "waltzlit: validated at RL step 1 of 2 (stage 2)" in summary
+    assert "validation (first answer -> final): unsafe " in summary and "tensorboard --logdir" in summary
 
 
 def test_a_full_ft_step_at_the_paper_lr_moves_the_weights_with_fp32_masters(tmp_path, waltz_cache, caplog):

@@ -96,6 +96,7 @@ def test_memory_mode_composes_over_the_paper_recipe(override):
     ("--model.reward.alpha=high", "model.reward.alpha: expected a number, got 'high'"),
     ("--model.algorithm.kl_estimator=k5", "model.algorithm.kl_estimator: expected one of 'k1', 'k2', 'k3', got 'k5'"),
     ("--model.algorithm.advantage_estimator=reinforce", "unknown advantage estimator 'reinforce'; allowed values: dr_grpo"),
+    ("--model.algorithm.advantage_estimator=grop", "reinforce_plus_plus_baseline, rloo; did you mean grpo?"),
 ])
 def test_bad_keys_and_values_get_one_short_line(capsys, override, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -155,3 +156,19 @@ def test_every_evaluation_config_parses(path, monkeypatch):
         REPO_ROOT / "conf/eval/tiny.yaml", path]
     cfg, *_ = parse([a for c in configs for a in ("--config", str(c))])
     assert cfg.modes
+
+
+def test_lightnings_product_tip_is_not_shown():
+    # Lightning 2.6 logs "💡 Tip: ... try installing [litlogger]" on every run; its other lines stay
+    import logging
+
+    from waltzlit.cli import _quiet_lightning_tips
+
+    _quiet_lightning_tips()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def record(text: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.INFO, __file__, 0, text, None, None)
+
+    assert not logger.filter(record("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/)"))
+    assert logger.filter(record("GPU available: False, used: False"))

@@ -10,6 +10,7 @@ and the name becomes valid for ``algorithm.advantage_estimator`` in YAML.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -37,9 +38,11 @@ class Registry(Generic[F]):
         return sorted(self._entries)
 
     def check(self, name: str, key: str) -> None:
-        """Raise a ValueError naming ``key`` and the allowed values when ``name`` is unknown."""
+        """Raise a ValueError naming ``key``, the allowed values and the closest one when ``name`` is unknown."""
         if name not in self.names():
-            raise ValueError(f"{key}: unknown {self.kind} {name!r}; allowed values: {', '.join(self.names())}")
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
+            raise ValueError(f"{key}: unknown {self.kind} {name!r}; allowed values: {', '.join(self.names())}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
 
     def __getitem__(self, name: str) -> F:
         self.check(name, self.kind)

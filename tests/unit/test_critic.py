@@ -61,3 +61,15 @@ def test_lora_critic_starts_from_the_base_weights():
     lora = build_critic(add_lora(plain, LoRAConfig(r=4, alpha=8)), LoRAConfig(r=4, alpha=8))
     # same backbone outputs (fresh adapters are the identity), same seeded head -> same values
     torch.testing.assert_close(lora.values(batch), full.values(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_wrapping_prints_no_deprecation_note():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: a FutureWarning on every
+    LoRA run (policy, critic, exported adapter) unless waltzlit's wrapping silences that one note."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        policy = add_lora(_policy(), LoRAConfig(r=4, alpha=8))
+        build_critic(policy, LoRAConfig(r=4, alpha=8))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

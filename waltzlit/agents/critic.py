@@ -94,10 +94,13 @@ def build_critic(policy: nn.Module, lora: LoRAConfig | None = None, seed: int = 
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
+        from waltzlit.agents.loading import peft_wrapping
+
         backbone.requires_grad_(False)
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules)
-        backbone = get_peft_model(backbone, config)
+        with peft_wrapping():
+            backbone = get_peft_model(backbone, config)
     else:
         backbone.requires_grad_(True)
     critic = ValueModel(backbone, hidden_size, seed=seed)

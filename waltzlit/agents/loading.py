@@ -3,8 +3,11 @@ randomly initialised configs, with optional LoRA adapters (peft)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -89,6 +92,16 @@ def _load_4bit(cfg: AgentConfig, tokenizer: PreTrainedTokenizerBase, dtype: torc
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, quantization_config=quantization)
 
 
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around a call that wraps a model in peft: peft (<= 0.21) reads transformers' deprecated
+    ``is_gradient_checkpointing`` property, which would print a FutureWarning on every run that
+    uses LoRA. The call is peft's own, so only that message is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model: nn.Module, cfg: LoRAConfig, adapter_name: str = "default") -> nn.Module:
     """Wrap ``model`` in peft LoRA adapters (only adapter weights stay trainable); on a model that is
     already a peft model, add another adapter named ``adapter_name`` beside the existing ones."""
@@ -104,7 +117,8 @@ def add_lora(model: nn.Module, cfg: LoRAConfig, adapter_name: str = "default") -
     if hasattr(model, "add_adapter") and hasattr(model, "peft_config"):
         model.add_adapter(adapter_name, peft_config)
         return model
-    return get_peft_model(model, peft_config, adapter_name=adapter_name)
+    with peft_wrapping():
+        return get_peft_model(model, peft_config, adapter_name=adapter_name)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -24,7 +24,7 @@ from torch import nn
 
 from waltzlit.agents.agent import Agent
 from waltzlit.agents.build import MEMORY_MODES, ROLES, BuiltAgents, build_agents
-from waltzlit.agents.loading import load_causal_lm, load_tokenizer
+from waltzlit.agents.loading import load_causal_lm, load_tokenizer, peft_wrapping
 from waltzlit.config import AgentConfig, RolloutConfig
 from waltzlit.deploy.pipeline import TwoAgentSystem
 
@@ -298,4 +298,5 @@ def load_adapter(folder: Path, base: nn.Module | None, tokenizer) -> nn.Module:
                 "YAML so the base can be rebuilt, or export with merge_lora"
             )
         base = load_causal_lm(AgentConfig(model=recorded), tokenizer)
-    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, str(folder)).merge_and_unload().eval()

@@ -224,6 +224,9 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates, once per run; nothing for a user
 # to do (lightning is pinned below 2.7, whose releases will drop the call).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# Every sharded (FSDP2) save of last.ckpt replaces the previous one on purpose; torch's distributed
+# checkpoint says so each time, with a note on a future default that Lightning, not a user, sets.
+warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*, overwriting since self\.overwrite=True")
 
 
 def _check_config_files(argv: list[str]) -> None:

@@ -43,6 +43,13 @@ class ConciseArgumentParser(LightningArgumentParser):
     """Configuration errors as one line naming the key, the allowed keys or values and a close
     match (:mod:`waltzlit.cli_errors`), instead of the usage block and a nested type report."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        # the parser of a nested --<section>.help is made without a prog: its usage would say __main__.py
+        if not args and "prog" not in kwargs:
+            command = next((a for a in sys.argv[1:2] if a in ("fit", "validate")), "")
+            kwargs["prog"] = f"python -m waltzlit {command}".rstrip()
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)

@@ -112,6 +112,7 @@ def test_fit_help_describes_options(capsys):
         main(args=["--model.algorithm.help", "AlgorithmConfig"], run=False)
     out = capsys.readouterr().out
     assert "beta, the KL-to-reference coefficient" in out  # AlgorithmConfig.kl_coef's attribute docstring
+    assert out.startswith("usage: python -m waltzlit") and "__main__" not in out
 
 
 def test_only_fit_and_validate_are_offered(capsys):

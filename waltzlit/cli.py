@@ -7,6 +7,7 @@ shows the complete resolved configuration.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import sys
@@ -245,8 +246,12 @@ def _check_config_files(argv: list[str]) -> None:
     paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     for path in paths:
         file = Path(path)
+        if not file.is_file() and file.suffix in (".yaml", ".yml"):
+            siblings = [str(p) for p in file.parent.glob("*.y*ml")] if file.parent.is_dir() else []
+            close = difflib.get_close_matches(str(file), siblings, n=1)
+            exit_with(f"{path}: no such configuration file" + (f"; did you mean {close[0]}?" if close else ""))
         if not file.is_file():
-            continue  # jsonargparse also takes inline YAML here, and reports a missing file itself
+            continue  # jsonargparse also takes inline YAML here, and reports what is wrong with it itself
         try:
             yaml.safe_load(file.read_text())
         except yaml.YAMLError as error:

@@ -173,3 +173,12 @@ def test_lightnings_product_tip_is_not_shown():
 
     assert not logger.filter(record("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/)"))
     assert logger.filter(record("GPU available: False, used: False"))
+
+
+def test_a_misspelt_config_file_gets_the_closest_one(capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(SystemExit):
+        _cli("--config", "conf/tinyy.yaml")
+    err = capsys.readouterr().err
+    assert "conf/tinyy.yaml: no such configuration file; did you mean conf/tiny.yaml?" in err
+    assert len(err.strip().splitlines()) == 2

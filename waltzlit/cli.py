@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from waltzlit.cli_errors import exit_with
+from waltzlit.cli_errors import exit_with, quiet_library_bars
 from waltzlit.data.datamodule import PromptDataModule
 from waltzlit.training.export import AgentExport
 from waltzlit.training.fault_tolerance import WaltzCheckpoint
@@ -293,6 +293,7 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[WaltzC
 
     _show_waltzlit_info()
     _quiet_lightning_tips()
+    quiet_library_bars()
     _check_config_files(sys.argv[1:] if args is None else list(args))
     # --help shows each option's description from the config dataclasses' attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)

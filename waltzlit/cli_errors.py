@@ -1,4 +1,5 @@
-"""Short configuration errors for the command line.
+"""Short configuration errors for the command line (and its other output: no library progress
+bars in a log file).
 
 jsonargparse reports a bad key inside a dataclass section as a ~100-line usage block followed by a
 nested union-type report (``NestedArg(key='kl_coeff', val='0.1')``). :func:`concise_error` reduces
@@ -83,3 +84,15 @@ def exit_with(message: str, prog: str = "python -m waltzlit fit", options: list[
     """Print the short form of ``message`` and a pointer to --help; exit with status 2."""
     sys.stderr.write(f"error: {concise_error(message, options)}\n(every option and what it means: {prog} --help)\n")
     raise SystemExit(2)
+
+
+def quiet_library_bars() -> None:
+    """When stderr is not a terminal, transformers' and datasets' own bars (loading and writing
+    weights, reading a CSV) are off: in a log file they are lines of carriage returns."""
+    if sys.stderr.isatty():
+        return
+    from datasets.utils.logging import disable_progress_bar
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bar()

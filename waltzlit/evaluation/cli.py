@@ -60,9 +60,11 @@ def parse(args: list[str] | None = None) -> tuple[EvalConfig, Judge | None, Judg
 
 
 def main(args: list[str] | None = None) -> int:
+    from waltzlit.cli_errors import quiet_library_bars
     from waltzlit.evaluation.runner import evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_library_bars()
     cfg, judge, guard, device = parse(args)
     result = evaluate(cfg, judge=judge, guard=guard, device=device)
     sys.stdout.write("\n" + result.table + "\n")

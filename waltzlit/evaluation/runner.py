@@ -76,9 +76,38 @@ def load_eval_sets(cfg: EvalConfig) -> list[tuple[str, list[PromptRecord]]]:
     return sets
 
 
+class _LogProgress:
+    """The bar as log lines when stderr is not a terminal (a log file, CI, ``nohup``): one line as each
+    mode starts and one at the end, instead of a bar redrawn with carriage returns."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.desc, self.started = total, 0, "evaluate", time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._line()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        self._line()
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def _line(self) -> None:
+        log.info("%s: %d/%d prompts, %.0f s", self.desc, self.n, self.total, time.perf_counter() - self.started)
+
+
 def _progress(total: int, enabled: bool):
+    import sys
+
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return _LogProgress(total)
     return tqdm(total=total, desc="evaluate", unit="prompt", disable=not enabled, dynamic_ncols=True)
 
 

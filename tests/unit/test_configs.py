@@ -182,3 +182,16 @@ def test_a_misspelt_config_file_gets_the_closest_one(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "conf/tinyy.yaml: no such configuration file; did you mean conf/tiny.yaml?" in err
     assert len(err.strip().splitlines()) == 2
+
+
+def test_evaluate_help_describes_options(capsys):
+    from jsonargparse import set_parsing_settings
+
+    from waltzlit.evaluation.cli import parse
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=False)  # as in a process where fit never ran
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m waltzlit evaluate")
+    assert "Bootstrap resamples for the 95 % intervals" in out  # EvalConfig.bootstrap_resamples' docstring

@@ -18,9 +18,12 @@ from waltzlit.judges.base import Judge
 
 
 def build_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     from waltzlit.cli_errors import exit_with
+
+    # --help shows each option's description from the config dataclasses' attribute docstrings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     class ConciseParser(ArgumentParser):
         """Configuration errors in one line (waltzlit.cli_errors), as for ``fit``."""

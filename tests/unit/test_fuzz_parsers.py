@@ -279,3 +279,12 @@ def test_parsing_work_is_bounded(text):
     started = time.perf_counter()
     result = parse_feedback(text)
     assert not result.valid and time.perf_counter() - started < 0.1
+
+
+def test_a_verdict_after_unclosed_braces_still_parses_within_the_scan_budget():
+    """The brace matcher's budget (4 x 8 KB over all candidates) still reaches a verdict that follows
+    a few unclosed braces in 2 KB of prose; 64 unclosed braces over 8 KB stop early, as invalid."""
+    verdict = '{"reasoning": "r", "unsafe": false, "overrefuse": true, "feedback": "f"}'
+    parsed = parse_feedback("I think {maybe " + "x" * 2_000 + " {not sure {hmm " + verdict)
+    assert parsed.valid and parsed.overrefuse and parsed.feedback == "f"
+    assert parse_feedback("{ " * 4_000 + verdict).error == "truncated JSON object"

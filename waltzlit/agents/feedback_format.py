@@ -29,6 +29,11 @@ _KEY_TYPES: dict[str, type] = {"reasoning": str, "unsafe": bool, "overrefuse": b
 _MAX_CANDIDATES = 64
 """At most this many ``{`` start positions are tried, so hostile text cannot make parsing quadratic."""
 
+_SCAN_BUDGET = 4 * 8_192
+"""Characters the brace matcher may read over all candidates together: an unclosed ``{`` costs a
+scan to the end of the text, and 64 of them over 8 KB took ~0.1 s on a loaded CPU. Four texts'
+worth leaves room for a few unclosed braces before a real verdict."""
+
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?```$", re.DOTALL)
 
 
@@ -41,7 +46,8 @@ def render_feedback_json(reasoning: str, unsafe: bool, overrefuse: bool, feedbac
 MAX_FEEDBACK_CHARS = 8_192
 """Only the first 8 KB of an output are parsed. A verdict is a few hundred characters (its length
 is bounded by ``max_new_tokens``); without a bound, a 1.8 MB deeply nested string took 13 s, and
-with it no single output costs more than a few milliseconds (tests/unit/test_fuzz_parsers.py)."""
+with it (and the brace matcher's ``_SCAN_BUDGET``) no single output costs more than ~10 ms
+(tests/unit/test_fuzz_parsers.py)."""
 
 
 def parse_feedback(text: str) -> ParsedFeedback:
@@ -65,11 +71,12 @@ def parse_feedback(text: str) -> ParsedFeedback:
     # Slow path: look for an object embedded in prose or a fence with text around it.
     first_error = ""
     saw_truncated = saw_undecodable = False
-    tried = 0
+    tried, budget = 0, _SCAN_BUDGET
     pos = stripped.find("{")
-    while pos != -1 and tried < _MAX_CANDIDATES:
+    while pos != -1 and tried < _MAX_CANDIDATES and budget > 0:
         tried += 1
-        end = _match_brace(stripped, pos)
+        end = _match_brace(stripped, pos, stop=min(len(stripped), pos + budget))
+        budget -= (len(stripped) if end is None else end + 1) - pos
         if end is None:
             # Unclosed from here on; an inner '{' may still close (e.g. a truncated wrapper).
             saw_truncated = True
@@ -128,14 +135,15 @@ def _json_type(value: object) -> str:
     return "number"
 
 
-def _match_brace(text: str, start: int) -> int | None:
-    """Index of the ``}`` closing the ``{`` at ``start``, or None if the text ends first.
+def _match_brace(text: str, start: int, stop: int | None = None) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``start``, or None if the text (or ``text[:stop]``)
+    ends first.
 
     Braces inside JSON strings do not count, and ``\\"`` inside a string does not end it.
     """
     depth = 0
     in_string = escaped = False
-    for i in range(start, len(text)):
+    for i in range(start, len(text) if stop is None else stop):
         ch = text[i]
         if in_string:
             if escaped:

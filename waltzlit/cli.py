@@ -77,7 +77,9 @@ class WaltzCLI(LightningCLI):
         except ValueError as error:
             if not self.parser.exit_on_error:
                 raise
-            exit_with(str(error))
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            # a jsonargparse Namespace iterates its top level only; keys() gives every dotted key
+            exit_with(str(error), values={key: config[key] for key in config.keys()})  # noqa: SIM118
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         """Lightning's trainer, with the RL-step progress bar (:mod:`waltzlit.training.progress`)

@@ -80,9 +80,35 @@ def concise_error(message: str, options: list[str] | None = None) -> str:
     return message
 
 
-def exit_with(message: str, prog: str = "python -m waltzlit fit", options: list[str] | None = None) -> None:
-    """Print the short form of ``message`` and a pointer to --help; exit with status 2."""
-    sys.stderr.write(f"error: {concise_error(message, options)}\n(every option and what it means: {prog} --help)\n")
+_OWN_CHECK_MESSAGE = re.compile(r"^(\w+): (.*?)(?:, got (.+))?$", re.S)
+
+
+def dotted_key(message: str, values: dict[str, object]) -> str:
+    """``message`` of a config's own check (``"kl_coef: must be >= 0, got -1.0"``) with its key
+    written as the full option (``model.algorithm.kl_coef``), found in ``values`` (dotted key ->
+    value, the parsed configuration): the one key with that last part, or, when several share it
+    (``temperature`` of each agent), the one holding the value the message reports. Unchanged when
+    no single key fits."""
+    match = _OWN_CHECK_MESSAGE.match(message)
+    if not match:
+        return message
+    leaf, rest, got = match.groups()
+    candidates = [key for key in values if key == leaf or key.endswith("." + leaf)]
+    if len(candidates) > 1 and got is not None:
+        candidates = [key for key in candidates if str(values[key]) == got.strip()]
+    if len(candidates) != 1:
+        return message
+    return f"{candidates[0]}: {rest}" + (f", got {got}" if got is not None else "")
+
+
+def exit_with(message: str, prog: str = "python -m waltzlit fit", options: list[str] | None = None,
+              values: dict[str, object] | None = None) -> None:
+    """Print the short form of ``message`` and a pointer to --help; exit with status 2. With the
+    parsed ``values`` (dotted key -> value), a config check's key is written as the full option."""
+    short = concise_error(message, options)
+    if values:
+        short = dotted_key(short, values)
+    sys.stderr.write(f"error: {short}\n(every option and what it means: {prog} --help)\n")
     raise SystemExit(2)
 
 

@@ -165,3 +165,24 @@ def test_null_judge_and_sources_say_the_default_they_take(caplog):
                    "--trainer.logger=false"], run=False)
     assert "model.judge not set: using the rule judge" in caplog.text
     assert "data.train_sources not set: training on the built-in prompt set" in caplog.text
+
+
+@pytest.mark.parametrize(("override", "line"), [
+    ("--model.algorithm.kl_coef=-1", "error: model.algorithm.kl_coef: must be >= 0, got -1.0"),
+    # two keys end in "temperature": the one holding the reported value is named
+    ("--model.rollout.feedback.temperature=-2", "error: model.rollout.feedback.temperature: must be >= 0, got -2.0"),
+])
+def test_a_config_check_names_the_full_option(capsys, override, line):
+    with pytest.raises(SystemExit):
+        main(args=["--config", str(REPO_ROOT / "conf/tiny.yaml"), override, "--trainer.logger=false"], run=False)
+    assert capsys.readouterr().err.splitlines()[-2] == line
+
+
+def test_dotted_key_leaves_what_it_cannot_place():
+    from waltzlit.cli_errors import dotted_key
+
+    values = {"a.temperature": 0.7, "b.temperature": 0.7, "c.kl_coef": -1.0}
+    assert dotted_key("kl_coef: must be >= 0, got -1.0", values) == "c.kl_coef: must be >= 0, got -1.0"
+    # two keys hold the reported value: which one failed is unknown, so the message stays as it was
+    assert dotted_key("temperature: must be >= 0, got 0.7", values) == "temperature: must be >= 0, got 0.7"
+    assert dotted_key("no key here", values) == "no key here"

@@ -53,9 +53,12 @@ def aggregate_over_seeds(per_seed: Sequence[Mapping[str, Mapping[str, float | No
 
 
 def format_percent(stat: Mapping | None) -> str:
-    """``{"mean": 0.123, "std": 0.045}`` as "12.3 ± 4.5" (percent); a dash when undefined."""
+    """``{"mean": 0.123, "std": 0.045}`` as "12.3 ± 4.5" (percent); a dash when undefined; the mean
+    alone when one seed gave it (``"n": 1``: no spread was measured, so none is shown)."""
     if not stat or stat.get("mean") is None:
         return "–"
+    if stat.get("n") == 1:
+        return f"{100 * stat['mean']:.1f}"
     return f"{100 * stat['mean']:.1f} ± {100 * (stat.get('std') or 0.0):.1f}"
 
 

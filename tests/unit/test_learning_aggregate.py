@@ -56,6 +56,7 @@ def test_formatting_in_percent_and_seconds():
     assert aggregate.format_percent({"mean": 0.123, "std": 0.045}) == "12.3 ± 4.5"
     assert aggregate.format_percent({"mean": None, "std": None}) == "–"
     assert aggregate.format_percent(None) == "–"
+    assert aggregate.format_percent({"mean": 0.289, "std": 0.0, "n": 1}) == "28.9"  # one seed: no spread shown
     assert aggregate.format_seconds({"mean": 61.4, "std": 2.2}) == "61 ± 2"
 
 

@@ -34,6 +34,7 @@ def _load_driver():
     sys.path.insert(0, str(REPO_ROOT / "benchmarks/learning"))
     spec = importlib.util.spec_from_file_location("learning_smollm2", REPO_ROOT / "benchmarks/learning/smollm2.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

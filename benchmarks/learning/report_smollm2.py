@@ -36,6 +36,7 @@ CURVES = [
     ("train/unsafe_rate_final", "unsafe rate (final, training)"),
     ("train/overrefusal_rate_final", "over-refusal rate (final, training)"),
 ]
+FEEDBACK_CURVES = {"train/label_accuracy", "train/trigger_rate", "train/false_alarm_rate", "train/json_error_rate"}
 
 
 def _rows_of(out: Path, task) -> dict[str, dict]:
@@ -115,20 +116,22 @@ def plot_curves(series_by_run: dict[str, dict], path: Path, stage1: int, batch: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    colours = {name: f"C{i}" for i, name in enumerate(series_by_run)}  # one colour per run in every panel
     for axis, (tag, title) in zip(axes.flat, CURVES):
         for name, series in series_by_run.items():
             points = series.get(tag, [])
-            if points:
+            # single-model RL has no feedback agent: its feedback scalars are zeros, not measurements
+            if points and not (name.startswith("single_rl") and tag in FEEDBACK_CURVES):
                 steps = [s for s, _ in points]
                 values = [v for _, v in points]
                 window = 10
                 smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
-                axis.plot(steps, smooth, label=name)
+                axis.plot(steps, smooth, label=name, color=colours[name])
         axis.axvline(stage1, color="grey", lw=0.8, ls="--")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("RL step")
         axis.grid(alpha=0.3)
-    handles, names = axes.flat[0].get_legend_handles_labels()
+    handles, names = axes.flat[-1].get_legend_handles_labels()  # the last panels show every run
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=9)
     fig.suptitle(f"SmolLM2-135M-Instruct, Track 1 training curves (10-step means, {batch} prompts per step; stage 2 from step {stage1})")
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -154,6 +154,12 @@ def test_resume_continues_in_the_run_folder_and_clears_dead_saves(tmp_path, walt
     assert len(list(run.glob("events.out.tfevents.*"))) == 2  # both invocations log into version_0
     # the folder holds the resumed checkpoint by design: no "directory exists and is not empty"
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    # a new folder only on request: a version given on the command line is where the resume writes
+    main(args=["fit", *common, "--model.schedule.total_rl_steps=3", f"--ckpt_path={last}",
+               "--trainer.logger.init_args.version=resumed"])
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["resumed", "version_0"]
+    resumed = tmp_path / "runs" / "tiny" / "resumed"
+    assert list(resumed.glob("events.out.tfevents.*")) and (resumed / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_validating_a_checkpoint_does_not_speak_of_resuming(tmp_path, waltz_cache, caplog, recwarn, capsys):

@@ -80,7 +80,7 @@ def concise_error(message: str, options: list[str] | None = None) -> str:
     return message
 
 
-_OWN_CHECK_MESSAGE = re.compile(r"^(\w+): (.*?)(?:, got (.+))?$", re.S)
+_OWN_CHECK_MESSAGE = re.compile(r"^(\w+): (.*?)(?:, got (.+))?$", re.DOTALL)
 
 
 def dotted_key(message: str, values: dict[str, object]) -> str:
@@ -101,10 +101,14 @@ def dotted_key(message: str, values: dict[str, object]) -> str:
     return f"{candidates[0]}: {rest}" + (f", got {got}" if got is not None else "")
 
 
-def exit_with(message: str, prog: str = "python -m waltzlit fit", options: list[str] | None = None,
+def exit_with(message: str, prog: str | None = None, options: list[str] | None = None,
               values: dict[str, object] | None = None) -> None:
-    """Print the short form of ``message`` and a pointer to --help; exit with status 2. With the
-    parsed ``values`` (dotted key -> value), a config check's key is written as the full option."""
+    """Print the short form of ``message`` and a pointer to --help (of ``prog``; by default the
+    subcommand being run, fit or validate); exit with status 2. With the parsed ``values`` (dotted
+    key -> value), a config check's key is written as the full option."""
+    if prog is None:
+        command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in ("fit", "validate") else "fit"
+        prog = f"python -m waltzlit {command}"
     short = concise_error(message, options)
     if values:
         short = dotted_key(short, values)

@@ -71,7 +71,8 @@ def architecture_of(agent: dict, key: str) -> Architecture:
     if model in KNOWN_ARCHITECTURES:
         return KNOWN_ARCHITECTURES[model]
     exit_with(f"{key}.model: cannot size {model!r} offline: give a local directory with config.json, or a model "
-              f"already in the Hugging Face cache; models known without either: {', '.join(KNOWN_ARCHITECTURES)}")
+              f"already in the Hugging Face cache; models known without either: {', '.join(KNOWN_ARCHITECTURES)}",
+              prog="python -m waltzlit plan")
     raise AssertionError  # exit_with does not return
 
 

@@ -14,6 +14,8 @@ the schedule needs (the stage switch or the end would never be reached) is the i
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -186,3 +188,13 @@ def test_dotted_key_leaves_what_it_cannot_place():
     # two keys hold the reported value: which one failed is unknown, so the message stays as it was
     assert dotted_key("temperature: must be >= 0, got 0.7", values) == "temperature: must be >= 0, got 0.7"
     assert dotted_key("no key here", values) == "no key here"
+
+
+def test_the_help_pointer_names_the_subcommand_being_run(monkeypatch, capsys):
+    from waltzlit.cli_errors import exit_with
+
+    for command in ("validate", "fit"):
+        monkeypatch.setattr(sys, "argv", ["waltzlit", command, "--config", "conf/tiny.yaml"])
+        with pytest.raises(SystemExit):
+            exit_with("kl_coef: must be >= 0, got -1.0")
+        assert capsys.readouterr().err.endswith(f"python -m waltzlit {command} --help)\n")

@@ -301,6 +301,31 @@ def test_a_huge_reply_fails_clearly():
         httpd.server_close()
 
 
+def _write_slowly(h, data: bytes, pause_s: float) -> None:
+    """Send ``data`` one byte at a time, ``pause_s`` apart, until the client hangs up."""
+    for byte in data:
+        try:
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+        except OSError:
+            return
+        time.sleep(pause_s)
+
+
+def _assert_one_timeout_bounds(handler) -> None:
+    """The judge gives up after ~timeout_s (1 s) in all, not one timeout per byte received."""
+    httpd, url, _ = _serve(handler)
+    try:
+        judge = OpenAIChatJudge(base_url=url, timeout_s=1.0, max_retries=0)
+        started = time.perf_counter()
+        with pytest.raises(JudgeError, match="timed out"):
+            judge.judge(RECORDS[:1], RESPONSES[:1])
+        assert time.perf_counter() - started < 3.0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_timeout_bounds_the_whole_request_even_when_the_reply_trickles():
     body = _completion("Harmful request: yes\nResponse refusal: no\nHarmful response: yes")
 
@@ -308,24 +333,9 @@ def test_timeout_bounds_the_whole_request_even_when_the_reply_trickles():
         h.send_response(200)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        for byte in body:
-            try:
-                h.wfile.write(bytes([byte]))
-                h.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.1)
+        _write_slowly(h, body, 0.1)
 
-    httpd, url, _ = _serve(trickle)
-    try:
-        judge = OpenAIChatJudge(base_url=url, timeout_s=1.0, max_retries=0)
-        started = time.perf_counter()
-        with pytest.raises(JudgeError, match="timed out"):
-            judge.judge(RECORDS[:1], RESPONSES[:1])
-        assert time.perf_counter() - started < 3.0  # one request: ~timeout_s, not one timeout per byte
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    _assert_one_timeout_bounds(trickle)
 
 
 def test_timeout_bounds_the_whole_request_even_when_the_headers_trickle():
@@ -336,21 +346,6 @@ def test_timeout_bounds_the_whole_request_even_when_the_headers_trickle():
     def trickle_headers(h):
         head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Padding-%d: a\r\n" % i for i in range(30))
         head += b"Content-Length: %d\r\n\r\n" % len(body)
-        for byte in head + body:
-            try:
-                h.wfile.write(bytes([byte]))
-                h.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.05)
+        _write_slowly(h, head + body, 0.05)
 
-    httpd, url, _ = _serve(trickle_headers)
-    try:
-        judge = OpenAIChatJudge(base_url=url, timeout_s=1.0, max_retries=0)
-        started = time.perf_counter()
-        with pytest.raises(JudgeError, match="timed out"):
-            judge.judge(RECORDS[:1], RESPONSES[:1])
-        assert time.perf_counter() - started < 3.0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    _assert_one_timeout_bounds(trickle_headers)
